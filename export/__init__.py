@@ -1,0 +1,1 @@
+"""Export: aux-stripped ONNX, OpenVINO IR and NCNN with metadata and a parity gate."""

@@ -1,0 +1,5 @@
+import sys
+
+from nanoplus.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Torch-free runtime: pre-processing, inference backends, decoding, NMS, evaluation, benchmarks."""

@@ -1,0 +1,1 @@
+"""Training: the NanoDet-Plus model in PyTorch, its losses, label assignment and trainer."""
