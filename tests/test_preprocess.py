@@ -1,0 +1,132 @@
+"""The one pre-processing path against upstream's fixture and hand-computed values."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import SHARED, TINY_COCO, UPSTREAM_CASE, require
+from nanoplus.runtime.metadata import ModelMeta
+from nanoplus.runtime.preprocess import (boxes_to_original, get_warp_matrix, normalize_to_blob, preprocess, warp_boxes,
+                                         warp_image)
+
+MEAN = (103.53, 116.28, 123.675)
+STD = (57.375, 57.12, 58.395)
+
+
+@pytest.fixture(scope="module")
+def case():
+    require(UPSTREAM_CASE / "case.npz")
+    return np.load(UPSTREAM_CASE / "case.npz"), json.loads((UPSTREAM_CASE / "meta.json").read_text())
+
+
+def _fixture_photo(meta, i):
+    """meta.json names the photo as 'shared/assets/...'."""
+    return require(SHARED / meta["images"][i]["path_in_shared"].split("/", 1)[1])
+
+
+def test_stretch_matrix_is_upstreams(case):
+    arrays, meta = case
+    for i in range(len(meta["images"])):
+        matrix = get_warp_matrix(arrays["src_hw"][i], meta["input_hw"])
+        assert matrix.dtype == np.float64 and matrix.shape == (3, 3)
+        np.testing.assert_array_equal(matrix, arrays["warp_matrix"][i])
+
+
+def test_preprocess_reproduces_fixture_input(case):
+    """Photo -> warp -> normalise gives upstream's network input (fixture `img`) within 1e-5."""
+    arrays, meta = case
+    model_meta = ModelMeta(class_names=["x"] * meta["num_classes"], input_hw=meta["input_hw"])
+    for i in range(len(meta["images"])):
+        img = cv2.imread(str(_fixture_photo(meta, i)))
+        assert tuple(img.shape[:2]) == tuple(arrays["src_hw"][i])
+        blob, matrix = preprocess(img, model_meta)
+        assert blob.shape == (1, 3, *meta["input_hw"]) and blob.dtype == np.float32
+        np.testing.assert_array_equal(matrix, arrays["warp_matrix"][i])
+        np.testing.assert_allclose(blob[0], arrays["img"][i], rtol=0, atol=1e-5)
+
+
+def test_normalize_matches_formula_for_uint8_and_float():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    expected = ((img.astype(np.float64) - np.array(MEAN)) / np.array(STD)).transpose(2, 0, 1)[None]
+    blob = normalize_to_blob(img, MEAN, STD)
+    assert blob.shape == (1, 3, 37, 53) and blob.dtype == np.float32 and blob.flags.c_contiguous
+    np.testing.assert_allclose(blob, expected, rtol=0, atol=1e-5)
+    # colour-jittered training images arrive as unclipped float32 on the 0..255 scale
+    jittered = img.astype(np.float32) * 1.3 - 20
+    expected = ((jittered.astype(np.float64) - np.array(MEAN)) / np.array(STD)).transpose(2, 0, 1)[None]
+    np.testing.assert_allclose(normalize_to_blob(jittered, MEAN, STD), expected, rtol=0, atol=1e-5)
+
+
+def test_warp_is_bilinear_with_zero_border():
+    img = np.full((10, 20, 3), 200, np.uint8)
+    # shift right by 5 px: the first 5 columns come from outside the image -> 0
+    matrix = np.array([[1.0, 0, 5], [0, 1, 0], [0, 0, 1]])
+    out = warp_image(img, matrix, (10, 20))
+    assert out.dtype == np.uint8 and out.shape == (10, 20, 3)
+    assert (out[:, :4] == 0).all() and (out[:, 6:] == 200).all()
+    # half-pixel shift of a step edge gives the bilinear mean
+    step = np.zeros((4, 4, 3), np.uint8)
+    step[:, 2:] = 100
+    half = warp_image(step, np.array([[1.0, 0, 0.5], [0, 1, 0], [0, 0, 1]]), (4, 4))
+    assert half[1, 2, 0] == 50
+
+
+def test_letterbox_keeps_ratio_pads_bottom_right():
+    src_hw, dst_hw = (100, 200), (160, 160)
+    matrix = get_warp_matrix(src_hw, dst_hw, keep_ratio=True)
+    np.testing.assert_allclose(matrix, np.diag([0.8, 0.8, 1.0]))
+    img = np.full((*src_hw, 3), 255, np.uint8)
+    meta = ModelMeta(class_names=["a"], input_hw=list(dst_hw), resize_mode="letterbox", input_dtype="uint8")
+    blob, m = preprocess(img, meta)
+    np.testing.assert_array_equal(m, matrix)
+    assert blob.dtype == np.uint8 and blob.shape == (1, 3, 160, 160)
+    assert (blob[0, :, :79] == 255).all() and (blob[0, :, 81:] == 0).all()  # image 80 rows, then padding
+    # tall image: padding on the right
+    tall = get_warp_matrix((200, 100), (160, 160), keep_ratio=True)
+    np.testing.assert_allclose(tall, np.diag([0.8, 0.8, 1.0]))
+
+
+def test_uint8_and_rgb_inputs():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    meta = ModelMeta(class_names=["a"], input_hw=[32, 32], input_dtype="uint8")
+    blob, _ = preprocess(img, meta)
+    np.testing.assert_array_equal(blob[0], img.transpose(2, 0, 1))  # identity warp, no normalising
+    meta_rgb = ModelMeta(class_names=["a"], input_hw=[32, 32], color_order="RGB", mean=[1.0, 2.0, 3.0], std=[1.0, 1.0, 1.0])
+    blob, _ = preprocess(img, meta_rgb)
+    np.testing.assert_allclose(blob[0, 0], img[:, :, 2] - 1.0)  # R first, with the first mean
+    np.testing.assert_allclose(blob[0, 2], img[:, :, 0] - 3.0)
+
+
+def test_warp_boxes_reproduces_fixture_gt(case):
+    """COCO boxes of the fixture photos -> network-input boxes (fixture `gt_bboxes_i`, 1e-4 px)."""
+    arrays, meta = case
+    coco = json.loads(require(TINY_COCO / "annotations" / "instances_train2017.json").read_text())
+    for i, image in enumerate(meta["images"]):
+        anns = [a for a in coco["annotations"] if a["image_id"] == image["coco_image_id"] and not a.get("iscrowd")
+                and a["area"] > 0 and a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)])
+        warped = warp_boxes(boxes, arrays["warp_matrix"][i], meta["input_hw"])
+        np.testing.assert_allclose(warped, arrays[f"gt_bboxes_{i}"], rtol=0, atol=1e-4)
+
+
+def test_boxes_to_original_reproduces_fixture(case):
+    arrays, meta = case
+    for i in range(len(meta["images"])):
+        dets = arrays[f"pp_dets_{i}"]
+        orig = boxes_to_original(dets[:, :4], arrays["warp_matrix"][i], arrays["src_hw"][i])
+        assert orig.dtype == np.float32
+        np.testing.assert_allclose(orig, arrays[f"pp_dets_orig_{i}"][:, :4], rtol=0, atol=1e-3)
+
+
+def test_boxes_to_original_inverts_letterbox_and_clips():
+    matrix = get_warp_matrix((100, 200), (160, 160), keep_ratio=True)  # scale 0.8
+    boxes = np.array([[8, 16, 80, 40], [150, 70, 170, 90]], np.float32)
+    out = boxes_to_original(boxes, matrix, (100, 200))
+    np.testing.assert_allclose(out[0], [10, 20, 100, 50], atol=1e-4)
+    np.testing.assert_allclose(out[1], [187.5, 87.5, 200, 100], atol=1e-4)  # clipped to w=200, h=100
+    assert boxes_to_original(np.zeros((0, 4)), matrix, (100, 200)).shape == (0, 4)

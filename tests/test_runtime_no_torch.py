@@ -1,0 +1,65 @@
+"""The runtime runs where torch is not installed: importing it, running a Detector, `nanoplus infer`
+and `nanoplus eval` never import torch (checked in a fresh interpreter that cannot import torch)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from conftest import IMAGES, NCNN_FP16_DIR, REPO_ROOT, TINY_COCO, require, require_module
+
+BLOCK_TORCH = textwrap.dedent("""
+    import importlib.abc, sys
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this test (an edge install without torch)")
+            return None
+
+    sys.meta_path.insert(0, NoTorch())
+""")
+
+
+def _run(code: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_command_modules_import_nothing_heavy():
+    result = _run("""
+        import json, sys
+        import nanoplus.runtime, nanoplus.runtime.eval_command, nanoplus.runtime.infer_command
+        print(json.dumps({m: m in sys.modules for m in ("torch", "numpy", "cv2", "onnxruntime", "openvino", "ncnn")}))
+    """)
+    assert result == {m: False for m in result}
+
+
+def test_detector_infer_and_eval_without_torch(tmp_path):
+    require_module("ncnn")
+    model = require(NCNN_FP16_DIR / "nanodet-plus-m_416.param")
+    image = require(IMAGES / "dog.jpg")
+    data = require(TINY_COCO)
+    result = _run(f"""
+        import contextlib, io, json, sys
+        import numpy as np
+        from nanoplus.runtime.detector import Detector
+        from nanoplus.runtime.postprocess import postprocess
+        from nanoplus.cli import main
+
+        dets = Detector({str(model)!r}, threads=1)({str(image)!r})
+        postprocess(np.zeros((3598, 112), np.float32), (416, 416), (8, 16, 32, 64), 7, 0.05, 0.6, 100, False)
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc_infer = main(["infer", {str(model)!r}, {str(image)!r}, "--save-dir", {str(tmp_path / "out")!r}, "--threads", "1"])
+            rc_eval = main(["eval", {str(model)!r}, "--data", {str(data)!r}, "--threads", "1", "--quiet",
+                            "--json", {str(tmp_path / "m.json")!r}])
+        print(json.dumps({{"names": dets.class_names, "rc": [rc_infer, rc_eval],
+                          "torch": [m for m in sys.modules if m == "torch" or m.startswith("torch.")]}}))
+    """)
+    assert "dog" in result["names"]
+    assert result["rc"] == [0, 0]
+    assert result["torch"] == []
+    assert json.loads((tmp_path / "m.json").read_text())["mAP"] > 0.3
