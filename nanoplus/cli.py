@@ -32,7 +32,8 @@ Run 'nanoplus COMMAND --help' for a command's options."""
 from nanoplus.errors import NanoplusError
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: lists the commands; each command parses its own arguments."""
     from nanoplus import __version__
 
     parser = argparse.ArgumentParser(
@@ -43,28 +44,34 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nanoplus {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        if command is not None and name == command:
-            module = importlib.import_module(module_name)
-            sub_parser = sub.add_parser(
-                name, help=help_text, description=(module.__doc__ or help_text).strip(),
-                formatter_class=argparse.RawDescriptionHelpFormatter,
-            )
-            module.add_arguments(sub_parser)
-            sub_parser.set_defaults(_run=module.run)
-        else:
-            sub.add_parser(name, help=help_text)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text)
+    return parser
+
+
+def build_command_parser(name: str) -> argparse.ArgumentParser:
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"nanoplus {name}",
+        description=(module.__doc__ or help_text).strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(parser)
+    parser.set_defaults(_run=module.run, command=name)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
+    if not argv or argv[0] not in COMMANDS:
+        parser = build_parser()
+        parser.parse_args(argv)  # --help, --version, or a clear error for an unknown command
         parser.print_help()
         return 0
+    # Intermixed parsing lets positionals and key=value overrides follow options in any order
+    # (`nanoplus import SRC --out X model.num_classes=3`).
+    args = build_command_parser(argv[0]).parse_intermixed_args(argv[1:])
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
