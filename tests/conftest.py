@@ -37,3 +37,17 @@ def require_module(name: str):
 @pytest.fixture(scope="session")
 def upstream_case() -> Path:
     return require(UPSTREAM_CASE)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests run with one torch thread: on a busy 2-core machine, 2 threads can be ~100x slower."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
