@@ -5,7 +5,7 @@
 # detections. About EPOCHS x 1-2 minutes on 2 cores; override with EPOCHS=N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EPOCHS=${EPOCHS:-8}
+EPOCHS=${EPOCHS:-6}
 RUN=runs/demo
 
 python3 -m pip install -q "torch==2.13.0"   # the CPU wheel; an unpinned torch pulls a CUDA build

@@ -208,6 +208,20 @@ def test_freeze_keeps_parameters_and_batchnorm_statistics(tiny_data, tmp_path, o
         make_trainer(tiny_data, tmp_path / "typo", ["train.freeze=[backbon]"])._setup()
 
 
+def test_freeze_bn_keeps_statistics_and_trains_the_rest(tiny_data, tmp_path, one_thread):
+    from nanoplus.train.checkpoint import load_checkpoint
+
+    trainer = make_trainer(tiny_data, tmp_path / "fbn", ["train.epochs=1"], freeze_bn=True)
+    trainer._setup()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    make_trainer(tiny_data, tmp_path / "fbn", ["train.epochs=1"], freeze_bn=True).fit()
+    after = load_checkpoint(tmp_path / "fbn" / "last.ckpt")["model"]
+    stats = [k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert stats and all(torch.equal(after[k], before[k]) for k in stats)
+    affine = [k for k in before if k.endswith("norm.weight") or k.endswith(".1.weight") and before[k].ndim == 1]
+    assert any(not torch.equal(after[k], before[k]) for k in affine)  # BN scale/shift still learn
+
+
 @pytest.mark.parametrize("aux_init", ["main-assign", "copy"])
 def test_deploy_only_weights_start_the_aux_branch(tiny_data, tmp_path, aux_init, one_thread):
     from nanoplus.train.checkpoint import load_checkpoint, save_checkpoint
@@ -367,11 +381,15 @@ SCRATCH = [
     "train.workers=1",
 ]
 
+# The documented fine-tuning settings for the published weights (README): low lr, short warmup,
+# BatchNorm statistics kept (--freeze-bn), labels from the main head (the default for deploy-only
+# weights), BatchNorm re-estimated first (automatic for folded weights).
 FINETUNE = [
+    "--freeze-bn",
     "train.epochs=4",
     "train.batch_size=16",
-    "train.lr=0.0001",
-    "train.min_lr=0.00001",
+    "train.lr=0.00002",
+    "train.min_lr=0.000002",
     "train.warmup_steps=10",
     "train.val_interval=2",
     "train.workers=1",

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bn-calibration-images", type=int, default=256, metavar="N",
                         help="--weights whose BatchNorm was folded (NCNN/ONNX imports): re-estimate its "
                              "statistics on N training images first (function-preserving; 0: off)")
+    parser.add_argument("--freeze-bn", action="store_true",
+                        help="BatchNorm layers keep their running statistics (eval mode) while the rest trains; "
+                             "for fine-tuning with small batches")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. train.epochs=50 data.input_hw=[320,320]")
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             "data": data, "train_split": args.train_split, "val_data": args.val_data or None,
             "val_split": args.val_split, "no_val": bool(args.no_val), "weights": args.weights,
             "aux_init": args.aux_init, "aux_warmup_epochs": args.aux_warmup_epochs,
-            "bn_calibration_images": args.bn_calibration_images,
+            "bn_calibration_images": args.bn_calibration_images, "freeze_bn": bool(args.freeze_bn),
             "command": "nanoplus " + " ".join(sys.argv[1:]),
         }
         out_dir = _new_run_dir(args.out, cfg.name)
@@ -160,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         aux_init=run_info.get("aux_init") or "main-assign",
         aux_warmup_epochs=run_info.get("aux_warmup_epochs"),
         calibrate_images=run_info.get("bn_calibration_images", 256),
+        freeze_bn=bool(run_info.get("freeze_bn")),
         workers=args.workers,
         progress=not args.no_progress,
         run_info=run_info,

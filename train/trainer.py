@@ -84,11 +84,17 @@ def _matches(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-def set_train_mode(model: nn.Module, frozen_prefixes: Sequence[str]) -> None:
-    """model.train(), but frozen parts stay in eval mode: their BatchNorm keeps its statistics."""
+def set_train_mode(model: nn.Module, frozen_prefixes: Sequence[str], freeze_bn: bool = False) -> None:
+    """model.train(), but frozen parts stay in eval mode: their BatchNorm keeps its statistics.
+
+    freeze_bn: every BatchNorm normalises with its running statistics and leaves them unchanged
+    (its scale and shift still train) — for fine-tuning with small batches.
+    """
     model.train()
     for name, module in model.named_modules():
         if name and any(_matches(name, p) for p in frozen_prefixes):
+            module.eval()
+        elif freeze_bn and isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
 
 
@@ -392,6 +398,7 @@ class Trainer:
         aux_init: str = "main-assign",
         aux_warmup_epochs: Optional[int] = None,
         calibrate_images: int = 256,
+        freeze_bn: bool = False,
         workers: Optional[int] = None,
         progress: bool = True,
         run_info: Optional[dict] = None,
@@ -409,6 +416,7 @@ class Trainer:
         self.aux_init = aux_init
         self.aux_warmup_epochs = aux_warmup_epochs
         self.calibrate_images = int(calibrate_images)
+        self.freeze_bn = bool(freeze_bn)
         self.workers = cfg.train.workers if workers is None else workers
         self.progress = progress
         self.run_info = dict(run_info or {})
@@ -554,7 +562,7 @@ class Trainer:
     def _train_epoch(self, epoch: int, stop_after: Optional[int], step_log) -> dict:
         cfg = self.cfg
         model, train_model = self.model, self.train_model
-        set_train_mode(model, cfg.train.freeze)
+        set_train_mode(model, cfg.train.freeze, self.freeze_bn)
         self.train_sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
         if hasattr(model, "assign_from"):
