@@ -412,8 +412,7 @@ def test_learns_the_synthetic_dataset_from_scratch(tmp_path):
 
 @pytest.mark.slow
 def test_finetuning_imported_weights_on_coco128_keeps_accuracy(imported_ckpt, tmp_path):
-    """The imported published weights fine-tuned on coco128 for 4 epochs (main-head assignment
-    while the fresh aux head learns): tiny_coco val2017 mAP stays >= 0.33 (0.372 before)."""
+    """The imported published weights fine-tuned on coco128 for 4 epochs (default --aux-init copy): tiny_coco val2017 mAP stays >= 0.33 (0.372 before)."""
     out = tmp_path / "ft"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "nanoplus", "train", "--config", "nanodet-plus-m_416",

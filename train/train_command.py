@@ -14,9 +14,10 @@ examples:
   torchrun --nproc_per_node=4 -m nanoplus train --data coco/ train.batch_size=96   # 4 GPUs
 
 Fine-tuning deploy-only weights (imported from NCNN or an exported model: no aux branch):
-aux_fpn starts as a copy of fpn and the aux head fresh; by default (--aux-init main-assign)
-the labels are assigned from the main head while the aux head learns, for --aux-warmup-epochs
-(default: the whole run). --aux-init copy assigns from the fresh aux head as upstream would.
+aux_fpn starts as a copy of fpn and the aux head fresh; by default (--aux-init copy) the labels
+are assigned from that aux branch as upstream would (measured best: README, "Training");
+--aux-init main-assign assigns from the main head while the aux head learns, for
+--aux-warmup-epochs (default: the whole run).
 """
 from __future__ import annotations
 
@@ -44,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/CONFIG_NAME, numbered if taken)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--workers", type=int, help="data loader processes (default: train.workers)")
-    parser.add_argument("--aux-init", choices=("main-assign", "copy"), default="main-assign",
+    parser.add_argument("--aux-init", choices=("main-assign", "copy"), default="copy",
                         help="deploy-only --weights: where labels come from while the fresh aux head "
-                             "learns (default: main-assign)")
+                             "learns (default: copy)")
     parser.add_argument("--aux-warmup-epochs", type=int, metavar="N",
                         help="with --aux-init main-assign: epochs of main-head assignment (default: all)")
     parser.add_argument("--bn-calibration-images", type=int, default=256, metavar="N",
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         weights=None if resume_path else run_info.get("weights"),
         resume=str(resume_path) if resume_path else None,
-        aux_init=run_info.get("aux_init") or "main-assign",
+        aux_init=run_info.get("aux_init") or "copy",
         aux_warmup_epochs=run_info.get("aux_warmup_epochs"),
         calibrate_images=run_info.get("bn_calibration_images", 256),
         freeze_bn=bool(run_info.get("freeze_bn")),

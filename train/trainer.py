@@ -395,7 +395,7 @@ class Trainer:
         device: Optional[str] = None,
         weights: Optional[str] = None,
         resume: Optional[str] = None,
-        aux_init: str = "main-assign",
+        aux_init: str = "copy",
         aux_warmup_epochs: Optional[int] = None,
         calibrate_images: int = 256,
         freeze_bn: bool = False,
