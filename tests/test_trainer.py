@@ -355,8 +355,8 @@ def test_trainer_starts_from_imported_weights_at_published_accuracy(imported_ckp
     trainer = Trainer(cfg, val.records, val, tmp_path / "ft", device="cpu", weights=str(imported_ckpt),
                       progress=False, log=lambda _m: None)
     trainer._setup()
-    assert trainer.model.assign_from == "aux"  # switched to "main" per epoch by the loop
-    assert trainer.assign_from_main_until == cfg.train.epochs  # default: main-head assignment all run
+    assert trainer.model.assign_from == "aux"
+    assert trainer.assign_from_main_until == 0  # default --aux-init copy: the copied aux branch assigns
     metrics = evaluate(trainer.ema.module, val, trainer.val_loader, trainer.meta, cfg.eval, trainer.device)
     assert metrics["mAP"] == pytest.approx(0.372, abs=0.005)
     assert metrics["AP50"] == pytest.approx(0.515, abs=0.005)
