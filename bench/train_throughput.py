@@ -17,6 +17,17 @@ import statistics
 import time
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def make_batch(batch: int, imgsz: int, num_classes: int, boxes_per_image: int, seed: int = 0):
     import torch
 
@@ -78,7 +89,9 @@ def main() -> None:
 
     import torch
 
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    import os
+
+    print(f"# {cpu_model()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, "
           f"{args.config} full model (with aux), batch {args.batch}, {args.imgsz}x{args.imgsz}")
     results = []
     for threads in [int(t) for t in args.threads.split(",")]:

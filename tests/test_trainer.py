@@ -365,6 +365,7 @@ def test_trainer_starts_from_imported_weights_at_published_accuracy(imported_ckp
 # ------------------------------------------------------------------------------------------------
 # Slow end-to-end runs (python3 -m pytest -m slow tests/test_trainer.py)
 
+SCRATCH_MIN_MAP = 0.3  # measured: 0.41 after these 8 epochs (README)
 SCRATCH = [
     "model.num_classes=3",
     "model.backbone.model_size=0.5x",
