@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
 
 from nanoplus.runtime.metadata import ModelMeta  # noqa: E402
-from nanoplus.runtime.preprocess import get_warp_matrix, preprocess  # noqa: E402
+from nanoplus.runtime.preprocess import preprocess  # noqa: E402
 from nanoplus.train.augment import augment, colour_jitter, random_warp_matrix, warp_boxes  # noqa: E402
 from nanoplus.train.config import AugmentConfig  # noqa: E402
 from nanoplus.train.dataset import DetectionDataset, collate  # noqa: E402

@@ -9,12 +9,9 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
 
-from conftest import COCO128, NCNN_FP16_DIR, REPO_ROOT, TINY_COCO, require
+from conftest import COCO128, NCNN_FP16_DIR, TINY_COCO, require
 
 torch = pytest.importorskip("torch")
 

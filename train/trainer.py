@@ -38,7 +38,7 @@ from nanoplus.errors import NanoplusError
 from nanoplus.train import distributed as du
 from nanoplus.train.config import Config, save_config
 from nanoplus.train.dataset import DetectionDataset, collate, meta_from_config
-from nanoplus.train.ema import ModelEMA, unwrap
+from nanoplus.train.ema import ModelEMA
 from nanoplus.train.schedule import build as build_schedule
 
 # Testing aid, and a way to bound a run: stop (as Ctrl-C would) once this many optimiser steps
@@ -478,8 +478,12 @@ class Trainer:
             model.load_state_dict(ckpt["model"])
             self.assign_from_main_until = int(ckpt.get("assign_from_main_until") or 0)
         elif self.weights:
-            state, _names = read_weights_file(self.weights)
-            report = load_weights_into(model, state, self.weights, self.log)
+            state, weight_names = read_weights_file(self.weights)
+            load_weights_into(model, state, self.weights, self.log)
+            if weight_names and list(weight_names) != self.class_names and len(weight_names) == len(self.class_names):
+                first = next(i for i, (a, b) in enumerate(zip(weight_names, self.class_names)) if a != b)
+                self.log(f"weights {self.weights}: class {first} is '{weight_names[first]}' there and "
+                         f"'{self.class_names[first]}' in the data (classes are matched by index)")
             has_aux_module = any(n.startswith(("aux_fpn.", "aux_head.")) for n in model.state_dict())
             has_aux_weights = any(k.startswith(("aux_fpn.", "aux_head.")) for k in state)
             if has_aux_module and not has_aux_weights:
@@ -494,7 +498,6 @@ class Trainer:
                     + (f"labels are assigned from the main head for {self.assign_from_main_until} epoch(s)"
                        if self.assign_from_main_until else "labels are assigned from the aux head")
                 )
-            del report
 
         meta = meta_from_config(cfg, self.class_names)
         self.meta = meta
