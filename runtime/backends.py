@@ -3,8 +3,9 @@
 Every backend has ``name``, ``version`` (of the engine), ``precision`` (what it computes in),
 ``input_name`` / ``output_name``, ``input_hw`` (the static input size the file declares, or None),
 ``embedded_meta`` (the nanoplus metadata JSON stored inside the file, or None) and
-``run(blob) -> output`` with the batch axis removed (a 2-D array: (N, C+32) or (C+32, N), the
-caller's to keep). Each engine is imported only when a model is opened with it, so an edge
+``run(blob, keep=True) -> output`` with the batch axis removed (a 2-D array: (N, C+32) or
+(C+32, N)); the caller's to keep, or with ``keep=False`` possibly a view of the engine's own output
+buffer, valid until the next ``run`` (OpenVINO then skips a 1.6 MB copy at 416). Each engine is imported only when a model is opened with it, so an edge
 install needs just one of them; torch is imported only by the torch backend.
 """
 from __future__ import annotations
@@ -142,7 +143,7 @@ class OnnxRuntimeBackend:
         self.version = ort.__version__
         self.embedded_meta = self.session.get_modelmeta().custom_metadata_map.get("nanoplus")
 
-    def run(self, blob: np.ndarray) -> np.ndarray:
+    def run(self, blob: np.ndarray, keep: bool = True) -> np.ndarray:
         if self._input_type is not None and blob.dtype != self._input_type:
             blob = blob.astype(self._input_type)
         out = self.session.run([self.output_name], {self.input_name: blob})[0]
@@ -199,11 +200,11 @@ class OpenVinoBackend:
                 continue
         return None
 
-    def run(self, blob: np.ndarray) -> np.ndarray:
+    def run(self, blob: np.ndarray, keep: bool = True) -> np.ndarray:
         if self._input_type is not None and blob.dtype != self._input_type:
             blob = blob.astype(self._input_type)
-        # share_outputs=False: the result is a fresh array that the next request cannot overwrite
-        out = self.request.infer({0: blob}, share_inputs=True, share_outputs=False)[0]
+        # share_outputs=False: a fresh array that the next request cannot overwrite
+        out = self.request.infer({0: blob}, share_inputs=True, share_outputs=not keep)[0]
         return out[0] if out.ndim == 3 else out
 
 
@@ -273,7 +274,7 @@ class NcnnBackend:
         self.version = ncnn.__version__
         self.embedded_meta = None
 
-    def run(self, blob: np.ndarray) -> np.ndarray:
+    def run(self, blob: np.ndarray, keep: bool = True) -> np.ndarray:
         ncnn = self._ncnn
         image = np.ascontiguousarray(blob[0], dtype=np.float32)
         extractor = self.net.create_extractor()
@@ -312,7 +313,7 @@ class TorchBackend:
         self.version = torch.__version__
         self.embedded_meta = None
 
-    def run(self, blob: np.ndarray) -> np.ndarray:
+    def run(self, blob: np.ndarray, keep: bool = True) -> np.ndarray:
         with self._torch.inference_mode():
             out = self.model(self._torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32)))
         return out[0].numpy()

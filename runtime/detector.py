@@ -266,10 +266,11 @@ class Detector:
             layout=layout, score_activation=activation, model_name=path.stem,
         )
 
-    def _engine_output(self, blob: np.ndarray) -> np.ndarray:
-        """Run the engine; its output as a 2-D array (points x channels in either order)."""
+    def _engine_output(self, blob: np.ndarray, keep: bool = True) -> np.ndarray:
+        """Run the engine; its output as a 2-D array (points x channels in either order).
+        keep=False: may be the engine's buffer, overwritten by the next run."""
         try:
-            output = self.backend.run(blob)
+            output = self.backend.run(blob, keep=keep)
         except NanoplusError:
             raise
         except Exception as e:  # an engine refusing the input: wrong size or name
@@ -288,10 +289,10 @@ class Detector:
         """(h, w, 3) BGR uint8 -> (blob (1, 3, H, W), M (3, 3) original->input)."""
         return preprocess(img_bgr, self.meta)
 
-    def _run_nc(self, blob: np.ndarray) -> np.ndarray:
+    def _run_nc(self, blob: np.ndarray, keep: bool = True) -> np.ndarray:
         """The engine's output as an (N, C+32) array (a transposed view for CN models), scores as
-        the model emits them."""
-        output = self._engine_output(blob)
+        the model emits them. keep=False: valid until the next run (see backends.py)."""
+        output = self._engine_output(blob, keep)
         expected = (self._num_points, self._num_channels) if self.meta.layout == "NC" else (self._num_channels, self._num_points)
         if output.shape != expected:
             raise ModelOutputError(
@@ -337,7 +338,9 @@ class Detector:
         """An image (BGR uint8 array, or a path) -> Detections."""
         img = read_image(image) if isinstance(image, (str, os.PathLike)) else image
         blob, matrix = self.preprocess(img)
-        return self.postprocess(self._run_nc(blob), matrix, img.shape[:2], scores_are_sigmoid=self._scores_are_sigmoid)
+        # the raw output is decoded into new arrays before the next run: no copy of it is needed
+        raw = self._run_nc(blob, keep=False)
+        return self.postprocess(raw, matrix, img.shape[:2], scores_are_sigmoid=self._scores_are_sigmoid)
 
     def describe(self) -> str:
         """One line: model, classes, input size, engine."""

@@ -53,6 +53,19 @@ def _priors_cached(input_hw: tuple[int, int], strides: tuple[int, ...]) -> np.nd
     return priors
 
 
+@lru_cache(maxsize=16)
+def _decode_constants(input_hw: tuple[int, int], strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per point (x, y, x, y) and (-s, -s, s, s), and the clamp limits (W, H, W, H): what
+    ``decode_boxes`` computes from the priors, made once per input size."""
+    priors = _priors_cached(input_hw, strides)
+    points_xyxy = np.ascontiguousarray(priors[:, [0, 1, 0, 1]])
+    signed_strides = priors[:, 2:3] * _SIDE_SIGN
+    limits = np.array([input_hw[1], input_hw[0]] * 2, dtype=np.float32)
+    for array in (points_xyxy, signed_strides, limits):
+        array.flags.writeable = False
+    return points_xyxy, signed_strides, limits
+
+
 def make_center_priors(input_hw: Sequence[int], strides: Sequence[int]) -> np.ndarray:
     """Prior points of every level, in output order.
 
@@ -71,6 +84,23 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
         return one / (one + np.exp(-x))
 
 
+@lru_cache(maxsize=8)
+def _bin_vectors(num_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(0, 1, ..., num_bins-1) and ones, float32: the expectation and the softmax sum as products."""
+    return np.arange(num_bins, dtype=np.float32), np.ones(num_bins, dtype=np.float32)
+
+
+def _bin_distances(bins: np.ndarray, reg_max: int) -> np.ndarray:
+    """(k, 4 * (reg_max + 1)) bin logits -> (k, 4) expected distances in strides."""
+    k = len(bins)
+    num_bins = reg_max + 1
+    logits = np.asarray(bins, dtype=np.float32).reshape(k, 4, num_bins)
+    # softmax per side (the max is exact in any order); sum and expectation as matrix products
+    exp = np.exp(logits - logits.max(axis=2, keepdims=True))
+    values, ones = _bin_vectors(num_bins)
+    return (exp @ values) / (exp @ ones)
+
+
 def decode_boxes(bins: np.ndarray, priors: np.ndarray, input_hw: Sequence[int], reg_max: int) -> np.ndarray:
     """Distance bins -> boxes.
 
@@ -78,21 +108,16 @@ def decode_boxes(bins: np.ndarray, priors: np.ndarray, input_hw: Sequence[int], 
     priors: (k, 4) (x, y, stride, stride). Returns (k, 4) float32 x1y1x2y2 in input pixels,
     x clamped to [0, W] and y to [0, H].
     """
-    k = len(bins)
-    num_bins = reg_max + 1
-    logits = np.asarray(bins, dtype=np.float32).reshape(k, 4, num_bins)
-    # softmax per side; numpy reduces a short last axis slowly, so the max is taken bin by bin
-    # and the sum as a matrix product
-    side_max = logits[:, :, 0].copy()
-    for b in range(1, num_bins):
-        np.maximum(side_max, logits[:, :, b], out=side_max)
-    exp = np.exp(logits - side_max[:, :, None])
-    distances = (exp @ np.arange(num_bins, dtype=np.float32)) / (exp @ np.ones(num_bins, dtype=np.float32))
-    # (x - l, y - t, x + r, y + b) in one pass: sign the distances, add the point twice
-    boxes = distances * (priors[:, 2:3] * _SIDE_SIGN)
-    boxes += priors[:, [0, 1, 0, 1]]
+    limits = np.array([input_hw[1], input_hw[0]] * 2, dtype=np.float32)
+    return _place_boxes(_bin_distances(bins, reg_max), priors[:, 2:3] * _SIDE_SIGN, priors[:, [0, 1, 0, 1]], limits)
+
+
+def _place_boxes(distances, signed_strides, points_xyxy, limits):
+    """(x - l, y - t, x + r, y + b) in one pass (signed distances plus the point twice), clamped."""
+    boxes = distances * signed_strides
+    boxes += points_xyxy
     np.maximum(boxes, 0, out=boxes)
-    np.minimum(boxes, np.array([input_hw[1], input_hw[0]] * 2, dtype=np.float32), out=boxes)
+    np.minimum(boxes, limits, out=boxes)
     return boxes
 
 
@@ -129,6 +154,8 @@ def _nms_sorted(boxes, labels, iou_thr, max_keep):
     Returns kept positions, ascending (= score order).
     """
     n = len(boxes)
+    if n <= _NMS_BLOCK:  # one block (the usual case at deployment thresholds)
+        return _nms_block(boxes, labels, iou_thr, max_keep)
     alive = np.ones(n, dtype=bool)
     kept, num_kept = [], 0
     for start in range(0, n, _NMS_BLOCK):
@@ -186,7 +213,10 @@ def _select_candidates(raw_nc, num_classes, score_thr, scores_are_sigmoid, multi
             key = np.sort(points * num_classes + classes)  # back to (point, class) order
             points, classes = np.divmod(key, num_classes)
         else:
-            points, classes = np.divmod(np.flatnonzero(raw_nc[:, :num_classes] > pre_thr), num_classes)
+            # one compare over the whole contiguous output is faster than one per row's class block
+            above = raw_nc > pre_thr if raw_nc.flags.c_contiguous else None
+            above = above[:, :num_classes] if above is not None else raw_nc[:, :num_classes] > pre_thr
+            points, classes = np.divmod(np.flatnonzero(above), num_classes)
         values = raw_nc[points, classes]
     else:
         cls = raw_nc.T[:num_classes] if channels_first else raw_nc[:, :num_classes].T
@@ -199,6 +229,8 @@ def _select_candidates(raw_nc, num_classes, score_thr, scores_are_sigmoid, multi
     scores = np.asarray(values, dtype=np.float32)
     if not scores_are_sigmoid:
         scores = sigmoid(scores)
+    elif raw_nc.dtype.itemsize >= 4:  # float32/64 scores: the compare above was this exact test
+        return points, classes.astype(np.int64), scores
     exact = scores > score_thr
     return points[exact], classes[exact].astype(np.int64), scores[exact]
 
@@ -226,7 +258,8 @@ def postprocess(
     raw_nc = np.asarray(raw_nc)
     if raw_nc.ndim == 3 and raw_nc.shape[0] == 1:
         raw_nc = raw_nc[0]
-    priors = make_center_priors(input_hw, strides)
+    input_hw, strides = (int(input_hw[0]), int(input_hw[1])), tuple(int(v) for v in strides)
+    priors = _priors_cached(input_hw, strides)
     num_bins = 4 * (reg_max + 1)
     num_classes = raw_nc.shape[-1] - num_bins if raw_nc.ndim == 2 else 0
     if raw_nc.ndim != 2 or raw_nc.shape[0] != len(priors) or num_classes < 1:
@@ -239,6 +272,8 @@ def postprocess(
     points, labels, scores = _select_candidates(raw_nc, num_classes, float(score_thr), scores_are_sigmoid, multi_label)
     if len(points) == 0:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64)
-    boxes = decode_boxes(raw_nc[points, num_classes:], priors[points], input_hw, reg_max)
+    points_xyxy, signed_strides, limits = _decode_constants(input_hw, strides)
+    boxes = _place_boxes(_bin_distances(raw_nc[points, num_classes:], reg_max), signed_strides[points],
+                         points_xyxy[points], limits)
     keep = batched_nms(boxes, scores, labels, float(iou_thr), int(max_det))
     return boxes[keep], scores[keep], labels[keep]

@@ -50,7 +50,7 @@ class FakeBackend:
         self.owner, self.infer_ms = owner, list(infer_ms)
         self.name, self.precision, self.version = name, precision, "0.0"
 
-    def run(self, blob):
+    def run(self, blob, keep=True):
         self.owner.log.append((self.owner.name, "infer"))
         self.owner.clock.advance_ms(self.infer_ms.pop(0) if len(self.infer_ms) > 1 else self.infer_ms[0])
         return np.zeros((10, 33), np.float32)
@@ -225,11 +225,11 @@ def test_ctrl_c_keeps_the_finished_rounds():
     calls = {"n": 0}
     run = b.detector.backend.run
 
-    def interrupted_on_the_fourth_measured_call(blob):
+    def interrupted_on_the_fourth_measured_call(blob, keep=True):
         calls["n"] += 1
         if calls["n"] == 1 + 4:  # 1 warm-up call, then 2 per round: the 2nd call of round 2
             raise KeyboardInterrupt
-        return run(blob)
+        return run(blob, keep)
 
     b.detector.backend.run = interrupted_on_the_fourth_measured_call
     record = bench.measure([a, b], IMAGE, warmup=1, seconds=100.0, clock=clock, read_temperature=lambda: None,

@@ -141,14 +141,17 @@ def _reference(raw, input_hw, strides, reg_max, score_thr, iou_thr, max_det, sig
             np.array([k[2] for k in kept], np.int64))
 
 
-@pytest.mark.parametrize("seed,score_thr,multi_label,sigmoid_scores,input_hw", [
-    (0, 0.35, True, False, (64, 64)),
-    (1, 0.05, True, False, (64, 96)),
-    (2, 0.05, False, False, (96, 64)),
-    (3, 0.35, True, True, (64, 64)),
-    (4, 0.2, False, True, (128, 64)),
+@pytest.mark.parametrize("seed,score_thr,multi_label,sigmoid_scores,input_hw,dtype", [
+    (0, 0.35, True, False, (64, 64), np.float32),
+    (1, 0.05, True, False, (64, 96), np.float32),
+    (2, 0.05, False, False, (96, 64), np.float32),
+    (3, 0.35, True, True, (64, 64), np.float32),
+    (4, 0.2, False, True, (128, 64), np.float32),
+    (5, 0.3, True, True, (64, 64), np.float16),  # an fp16 engine's sigmoid scores
+    (6, 0.3, True, False, (64, 96), np.float16),
+    (7, 0.05, True, True, (64, 64), np.float64),
 ])
-def test_matches_plain_reference(seed, score_thr, multi_label, sigmoid_scores, input_hw):
+def test_matches_plain_reference(seed, score_thr, multi_label, sigmoid_scores, input_hw, dtype):
     rng = np.random.default_rng(seed)
     num_classes, reg_max = 5, 7
     n = len(make_center_priors(input_hw, STRIDES))
@@ -156,6 +159,7 @@ def test_matches_plain_reference(seed, score_thr, multi_label, sigmoid_scores, i
     raw[:, :num_classes] += -2.0
     if sigmoid_scores:
         raw[:, :num_classes] = 1 / (1 + np.exp(-raw[:, :num_classes]))
+    raw = raw.astype(dtype)
     got = postprocess(raw, input_hw, STRIDES, reg_max, score_thr, 0.5, 30, sigmoid_scores, multi_label)
     want = _reference(raw, input_hw, STRIDES, reg_max, score_thr, 0.5, 30, sigmoid_scores, multi_label)
     assert len(got[0]) == len(want[0]) > 0

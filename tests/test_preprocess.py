@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED, TINY_COCO, UPSTREAM_CASE, require
+from nanoplus.runtime import preprocess as preprocess_module
 from nanoplus.runtime.metadata import ModelMeta
 from nanoplus.runtime.preprocess import (boxes_to_original, get_warp_matrix, normalize_to_blob, preprocess, warp_boxes,
                                          warp_image)
@@ -35,8 +36,14 @@ def test_stretch_matrix_is_upstreams(case):
         np.testing.assert_array_equal(matrix, arrays["warp_matrix"][i])
 
 
-def test_preprocess_reproduces_fixture_input(case):
-    """Photo -> warp -> normalise gives upstream's network input (fixture `img`) within 1e-5."""
+@pytest.mark.parametrize("implementation", ["native", "opencv"])
+def test_preprocess_reproduces_fixture_input(case, implementation, monkeypatch):
+    """Photo -> warp -> normalise gives upstream's network input (fixture `img`) within 1e-5, with
+    the compiled pre-processing and with OpenCV + numpy."""
+    if implementation == "native" and not preprocess_module.native_enabled():
+        pytest.skip("nanoplus.runtime._native is not built (no C++ compiler when nanoplus was installed)")
+    monkeypatch.setenv("NANOPLUS_NATIVE", "1" if implementation == "native" else "0")
+    assert preprocess_module.implementation().startswith(implementation)
     arrays, meta = case
     model_meta = ModelMeta(class_names=["x"] * meta["num_classes"], input_hw=meta["input_hw"])
     for i in range(len(meta["images"])):

@@ -1,0 +1,20 @@
+"""The one compiled piece: nanoplus.runtime._native (pre-processing, see runtime/native/).
+
+Everything else is in pyproject.toml. The extension is optional: where no C++ compiler is found the
+install goes on without it and the runtime uses OpenCV + numpy (same pixels, slower);
+``python -m nanoplus.runtime.preprocess`` prints which one is in use.
+"""
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "nanoplus.runtime._native",
+            sources=["runtime/native/warp_normalize.cpp"],
+            language="c++",
+            # -ffp-contract=off: the normalisation must round twice, as numpy does
+            extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=off"],
+            optional=True,
+        )
+    ],
+)
