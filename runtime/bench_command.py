@@ -27,6 +27,7 @@ from typing import Optional
 
 from nanoplus.errors import NanoplusError
 from nanoplus.runtime.bench import BenchError
+from nanoplus.runtime.preprocess import implementation as preprocess_implementation
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "ncnn", "torch")
 # Which file formats each backend reads, to pair models with a list of backends.
@@ -200,6 +201,7 @@ def measure_models(args) -> dict:
         "warmup": args.warmup, "runs": runs, "seconds": args.seconds, "sustained_s": args.sustained,
         "settle_ms": args.settle,
         "precision_policy": args.precision,
+        "preprocess_implementation": preprocess_implementation(),
         "postprocess": {"score_thr": args.score_thr, "iou_thr": args.iou_thr, "max_det": args.max_det},
         "image": image_info,
     }
@@ -523,7 +525,8 @@ def render_markdown(documents: list[dict], baseline: Optional[str] = "torch") ->
             image = run.get("image") or {}
             settle = f", {run['settle_ms']:g} ms pause before each case" if run.get("settle_ms") else ""
             out.append(f"- Run: {run.get('rounds')} interleaved rounds{settle} after {run.get('warmup')} warm-up iterations, "
-                       f"{run.get('duration_s')} s measured, precision policy {run.get('precision_policy')}, image "
+                       f"{run.get('duration_s')} s measured, precision policy {run.get('precision_policy')}, "
+                       f"pre-processing {run.get('preprocess_implementation') or 'not recorded'}, image "
                        f"{image.get('source')} ({image.get('width')}x{image.get('height')}), post-processing "
                        + ", ".join(f"{k} {v}" for k, v in (run.get("postprocess") or {}).items()))
             cond = run.get("conditions") or {}

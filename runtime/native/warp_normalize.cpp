@@ -48,7 +48,10 @@ struct Plan {
     // per output column: float offsets of the two taps in a padded float row, the weight of the second
     std::vector<int> off0, off1;
     std::vector<float> ax;
-    bool adjacent_taps = true;  // every column's taps are neighbours (off1 == off0 + 3)
+    // the vector path: per column (and one spare) the offset of an 8-byte load holding both taps,
+    // and the column's weight four times
+    std::vector<int> pair_off;
+    std::vector<float> ax4;
     // per output row: first source row and the weight of the second
     std::vector<int> sy;
     std::vector<float> ay;
@@ -73,12 +76,17 @@ Plan make_plan(int src_h, int src_w, int dst_h, int dst_w, double scale_x, doubl
     // A padded row holds one zero pixel left and right of the image: a tap outside the image
     // (BORDER_CONSTANT 0) reads the left zero pixel.
     auto column = [&](int c) { return (c < -1 || c > src_w ? -1 : c) * 3 + 3; };
+    // Where the taps are not neighbours both are border zeros (outside the image), so the vector
+    // path reads 8 zero bytes from the slack after the right padding pixel instead.
+    const int zeros = src_w * 3 + 6;
+    p.pair_off.assign(dst_w + 1, zeros), p.ax4.assign(static_cast<size_t>(dst_w + 1) * 4, 0.f);
     for (int x = 0; x < dst_w; ++x) {
         int first;
         tap(inv_x, x, &first, &p.ax[x]);
         p.off0[x] = column(first);
         p.off1[x] = column(first + 1);
-        p.adjacent_taps = p.adjacent_taps && p.off1[x] == p.off0[x] + 3;
+        if (p.off1[x] == p.off0[x] + 3) p.pair_off[x] = p.off0[x];
+        for (int k = 0; k < 4; ++k) p.ax4[static_cast<size_t>(x) * 4 + k] = p.ax[x];
     }
     p.sy.resize(dst_h), p.ay.resize(dst_h);
     for (int y = 0; y < dst_h; ++y) tap(inv_y, y, &p.sy[y], &p.ay[y]);
@@ -89,7 +97,8 @@ Plan make_plan(int src_h, int src_w, int dst_h, int dst_w, double scale_x, doubl
     return p;
 }
 
-// Source row y with a zero pixel either side (and slack for 8-byte loads).
+// Source row y with a zero pixel either side, then 8 bytes of zero slack (row buffers are
+// (src_w + 2) * 3 + 8 bytes).
 void load_row(const Plan& p, const uint8_t* src, int y, uint8_t* row) {
     std::memcpy(row + 3, src + static_cast<size_t>(y) * p.src_w * 3, static_cast<size_t>(p.src_w) * 3);
 }
@@ -127,35 +136,26 @@ void finish_row_generic(const Plan& p, float ay, const float* __restrict top, co
 }
 
 #ifdef NANOPLUS_X86
-// AVX2 + FMA: one 8-byte load per output column reads both taps of all three channels (the taps
-// are neighbours), and the vertical blend runs 8 columns at a time. Same roundings as the generic
-// path: _mm*_fmadd_ps rounds once, like the exact double product and sum.
+// AVX2 + FMA. A blended row here is pixel-interleaved, 4 floats per column (source channels 0, 1,
+// 2 and a spare lane), for 8-column groups plus one spare column. One 8-byte load per column
+// reads both taps of all three channels; two columns are blended per instruction; the vertical
+// pass turns 8 columns around (an in-lane 4x4 transpose) into the three planes. Same roundings as
+// the portable path: _mm*_fmadd_ps rounds once, like its exact double product and sum. The spare
+// lanes blend neighbouring bytes and are never stored.
+int interleaved_columns(int dst_w) { return (dst_w + 1 + 7) / 8 * 8; }
+
 __attribute__((target("avx2,fma"))) void blend_row_avx2(const Plan& p, const uint8_t* __restrict row,
                                                         float* __restrict out) {
-    if (!p.adjacent_taps) {
-        for (int c = 0; c < 3; ++c) {
-            const uint8_t* r = row + p.order[c];
-            float* o = out + static_cast<size_t>(c) * p.dst_w;
-            for (int x = 0; x < p.dst_w; ++x) {
-                const float v0 = r[p.off0[x]], v1 = r[p.off1[x]];
-                o[x] = std::fma(p.ax[x], v1 - v0, v0);
-            }
-        }
-        return;
-    }
-    float* o0 = out + static_cast<size_t>(p.order[0]) * p.dst_w;
-    float* o1 = out + static_cast<size_t>(p.order[1]) * p.dst_w;
-    float* o2 = out + static_cast<size_t>(p.order[2]) * p.dst_w;
-    for (int x = 0; x < p.dst_w; ++x) {
-        // 8 bytes: c0 c1 c2 of the first tap, c0 c1 c2 of the second, 2 more
-        const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + p.off0[x]));
-        const __m128 v0 = _mm_cvtepi32_ps(_mm_cvtepu8_epi32(bytes));
-        const __m128 v1 = _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_srli_si128(bytes, 3)));
-        const __m128 r = _mm_fmadd_ps(_mm_set1_ps(p.ax[x]), _mm_sub_ps(v1, v0), v0);
-        // source channel k goes to the plane that reads it
-        o0[x] = _mm_cvtss_f32(r);
-        o1[x] = _mm_cvtss_f32(_mm_shuffle_ps(r, r, 1));
-        o2[x] = _mm_cvtss_f32(_mm_shuffle_ps(r, r, 2));
+    // bytes 0-3 of each column's 8-byte load are the first tap (+ 1 spare), 3-6 the second
+    const __m128i first_tap = _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i second_tap = _mm_setr_epi8(3, 4, 5, 6, 11, 12, 13, 14, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (int x = 0; x < p.dst_w; x += 2) {  // the spare column makes x + 1 valid
+        __m128i both = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + p.pair_off[x]));
+        both = _mm_unpacklo_epi64(both, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + p.pair_off[x + 1])));
+        const __m256 v0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(both, first_tap)));
+        const __m256 v1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(both, second_tap)));
+        const __m256 weight = _mm256_loadu_ps(p.ax4.data() + static_cast<size_t>(x) * 4);
+        _mm256_storeu_ps(out + static_cast<size_t>(x) * 4, _mm256_fmadd_ps(weight, _mm256_sub_ps(v1, v0), v0));
     }
 }
 
@@ -165,22 +165,38 @@ __attribute__((target("avx2,fma"))) void finish_row_avx2(const Plan& p, float ay
     const size_t plane = static_cast<size_t>(p.dst_h) * p.dst_w;
     const __m256 magic = _mm256_set1_ps(12582912.f);
     const __m256 weight = _mm256_set1_ps(ay);
-    for (int c = 0; c < 3; ++c) {
-        const float* t = top + static_cast<size_t>(c) * p.dst_w;
-        const float* b = bottom + static_cast<size_t>(c) * p.dst_w;
-        float* out = planes + c * plane + static_cast<size_t>(y) * p.dst_w;
-        const __m256 m = _mm256_set1_ps(p.mul[c]), a = _mm256_set1_ps(p.add[c]);
-        int x = 0;
-        for (; x + 8 <= p.dst_w; x += 8) {
-            const __m256 tv = _mm256_loadu_ps(t + x), bv = _mm256_loadu_ps(b + x);
-            __m256 u = _mm256_fmadd_ps(weight, _mm256_sub_ps(bv, tv), tv);
-            u = _mm256_sub_ps(_mm256_add_ps(u, magic), magic);
-            _mm256_storeu_ps(out + x, _mm256_add_ps(_mm256_mul_ps(u, m), a));
+    // source channel k is written to plane order[k] (order swaps R and B, or nothing)
+    float* out[3];
+    __m256 mul[3], add[3];
+    for (int k = 0; k < 3; ++k) {
+        out[k] = planes + p.order[k] * plane + static_cast<size_t>(y) * p.dst_w;
+        mul[k] = _mm256_set1_ps(p.mul[p.order[k]]);
+        add[k] = _mm256_set1_ps(p.add[p.order[k]]);
+    }
+    int x = 0;
+    for (; x + 8 <= p.dst_w; x += 8) {
+        __m256 u[4];
+        for (int k = 0; k < 4; ++k) {  // u[k] = columns x+k (low lane) and x+k+4 (high lane)
+            const float* t = top + static_cast<size_t>(x + k) * 4;
+            const float* b = bottom + static_cast<size_t>(x + k) * 4;
+            const __m256 tv = _mm256_set_m128(_mm_loadu_ps(t + 16), _mm_loadu_ps(t));
+            const __m256 bv = _mm256_set_m128(_mm_loadu_ps(b + 16), _mm_loadu_ps(b));
+            const __m256 v = _mm256_fmadd_ps(weight, _mm256_sub_ps(bv, tv), tv);
+            u[k] = _mm256_sub_ps(_mm256_add_ps(v, magic), magic);
         }
-        for (; x < p.dst_w; ++x) {
-            const float u = round_half_even(std::fma(ay, b[x] - t[x], t[x]));
-            const float v = u * p.mul[c];
-            out[x] = v + p.add[c];
+        const __m256 s0 = _mm256_unpacklo_ps(u[0], u[1]), s1 = _mm256_unpackhi_ps(u[0], u[1]);
+        const __m256 s2 = _mm256_unpacklo_ps(u[2], u[3]), s3 = _mm256_unpackhi_ps(u[2], u[3]);
+        const __m256 channel[3] = {_mm256_shuffle_ps(s0, s2, 0x44), _mm256_shuffle_ps(s0, s2, 0xEE),
+                                   _mm256_shuffle_ps(s1, s3, 0x44)};
+        for (int k = 0; k < 3; ++k)
+            _mm256_storeu_ps(out[k] + x, _mm256_add_ps(_mm256_mul_ps(channel[k], mul[k]), add[k]));
+    }
+    for (; x < p.dst_w; ++x) {
+        for (int k = 0; k < 3; ++k) {
+            const float t = top[static_cast<size_t>(x) * 4 + k], b = bottom[static_cast<size_t>(x) * 4 + k];
+            const float u = round_half_even(std::fma(ay, b - t, t));
+            const float v = u * p.mul[p.order[k]];
+            out[k][x] = v + p.add[p.order[k]];
         }
     }
 }
@@ -200,7 +216,11 @@ void warp_normalize(const Plan& p, const uint8_t* src, float* planes, bool use_s
 #endif
     std::vector<uint8_t> row(static_cast<size_t>(p.src_w + 2) * 3 + 8, 0);
     std::vector<float> row_floats(row.size());
+#ifdef NANOPLUS_X86
+    const size_t blended_len = simd ? static_cast<size_t>(4) * interleaved_columns(p.dst_w) : static_cast<size_t>(3) * p.dst_w;
+#else
     const size_t blended_len = static_cast<size_t>(3) * p.dst_w;
+#endif
     std::vector<float> blended(2 * blended_len);
     int held[2] = {-2, -2};  // the source row each blended slot holds (-2: none)
     auto slot_of = [&](int y, int keep) {
