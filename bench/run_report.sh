@@ -40,6 +40,27 @@ $NANOPLUS bench "${models[@]}" --threads "$THREADS" --runs "$RUNS" --warmup "$WA
     --precision f32 --settle "$SETTLE" --image "$IMAGE" --baseline torch \
     --json "$OUT/results/report.json" --markdown "$OUT/REPORT.md" --plot "$OUT/results/latency.png"
 
+# bf16 where the CPU computes it (avx512_bf16 / AMX): OpenVINO against PyTorch autocast, same precision
+BF16_NOTE="(not run: this CPU has no bf16 instructions)"
+if grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then
+    $NANOPLUS bench "$WORK/nanodet-plus-m_416.ckpt" "$WORK/nanodet-plus-m_416_openvino.xml" --threads "$THREADS" \
+        --runs "$RUNS" --warmup "$WARMUP" --precision bf16 --settle "$SETTLE" --image "$IMAGE" --baseline torch \
+        --json "$OUT/results/report_bf16.json" --markdown "$OUT/results/report_bf16.md" --no-samples
+    BF16_NOTE="\`$OUT/results/report_bf16.md\` (command inside)"
+    # what bf16 costs in accuracy: tiny_coco val2017 (50 images), each precision
+    DATA="$SHARED/assets/datasets/tiny_coco"
+    if [ -d "$DATA" ]; then
+        for spec in "nanodet-plus-m_416.ckpt fp32" "nanodet-plus-m_416.ckpt bf16" \
+                    "nanodet-plus-m_416_openvino.xml fp32" "nanodet-plus-m_416_openvino.xml bf16"; do
+            set -- $spec
+            $NANOPLUS eval "$WORK/$1" --data "$DATA" --split val --precision "$2" --threads 2 \
+                --json "$OUT/results/accuracy_${1%%.*}_$2.json" > /dev/null
+        done
+    fi
+fi
+
+python3 bench/targets.py "$OUT/results/report.json" $( [ -f "$OUT/results/report_bf16.json" ] && echo "$OUT/results/report_bf16.json") >> "$OUT/REPORT.md"
+python3 bench/profile_openvino.py "$WORK/nanodet-plus-m_416_openvino.xml" --threads 1 >> "$OUT/REPORT.md"
 python3 bench/compare_published.py "$OUT/results/report.json" >> "$OUT/REPORT.md"
 cat >> "$OUT/REPORT.md" <<MD
 
@@ -49,5 +70,7 @@ cat >> "$OUT/REPORT.md" <<MD
 \`$(basename "$SOURCE")\` with \`nanoplus import --config nanodet-plus-m_320|416\`, export each with
 \`nanoplus export --format all\`, then the \`nanoplus bench\` command above. Raw samples:
 \`$OUT/results/report.json\` (schema: docs/bench.md); distributions: \`$OUT/results/latency.png\`.
+The bf16 run: $BF16_NOTE. The targets section: \`bench/targets.py\` on those JSON files; the
+profile: \`bench/profile_openvino.py\`.
 MD
 echo "report written to $OUT/REPORT.md" >&2

@@ -123,6 +123,10 @@ class OnnxRuntimeBackend:
 
     def __init__(self, path: Path, threads: Optional[int] = None, precision: Optional[str] = None):
         ort = _import_engine("onnxruntime", path)
+        if precision not in (None, "auto", "fp32"):
+            raise NanoplusError(f"onnxruntime computes in the precision the file stores (its CPU engine has no "
+                                f"{precision} mode); got precision '{precision}': use fp32 or auto, or OpenVINO for "
+                                "bf16 / fp16 compute")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
@@ -300,23 +304,29 @@ class TorchBackend:
             from nanoplus.train.dataset import meta_from_config
         except ImportError as e:
             raise BackendUnavailableError(f"{path}: the torch backend needs nanoplus's training code ({e})") from None
+        precision = precision or "fp32"
+        if precision not in ("fp32", "auto", "bf16"):
+            raise NanoplusError(f"the torch backend runs fp32 (default, also 'auto') or bf16 (autocast); got '{precision}'")
         if threads:
             torch.set_num_threads(int(threads))
         self._torch = torch
+        # bf16: torch.autocast, what PyTorch users run for bf16 on a CPU (convolutions in bf16)
+        self._bf16 = precision == "bf16"
         self.model, self.config, class_names = load_model_for_inference(str(path))
         self.meta = meta_from_config(self.config, class_names)
         if getattr(getattr(self.model, "head", None), "sigmoid_scores", False):
             self.meta.score_activation = "sigmoid"
         self.input_name, self.output_name = "images", "output"
         self.input_hw = None  # fully convolutional: any multiple-of-32 size the meta asks for
-        self.precision = "fp32"
+        self.precision = "bf16" if self._bf16 else "fp32"
         self.version = torch.__version__
         self.embedded_meta = None
 
     def run(self, blob: np.ndarray, keep: bool = True) -> np.ndarray:
-        with self._torch.inference_mode():
-            out = self.model(self._torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32)))
-        return out[0].numpy()
+        torch = self._torch
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16):
+            out = self.model(torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32)))
+        return out[0].float().numpy()
 
 
 def open_backend(model_path, backend: str = "auto", threads: Optional[int] = None, precision: Optional[str] = None,

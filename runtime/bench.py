@@ -206,12 +206,17 @@ def model_only_once(case: Case, clock: Callable[[], int]) -> float:
     return _ms(clock() - t0)
 
 
+# bench --precision -> the Detector's precision argument
+ENGINE_PRECISION = {"f32": "fp32", "native": "auto", "bf16": "bf16"}
+
+
 def open_case(case: Case, precision: str = "f32", score_thr: float = 0.35, iou_thr: float = 0.6,
               max_det: int = 100) -> Case:
     """Open ``case.model_path`` as a ``Detector`` (timed as ``load_ms``).
 
     precision: "f32" asks every engine for float32 compute (OpenVINO's CPU plugin would pick bf16
-    where the CPU has it; ncnn fp16 storage/arithmetic off); "native" leaves each engine's default.
+    where the CPU has it; ncnn fp16 storage/arithmetic off); "native" leaves each engine's default;
+    "bf16" asks OpenVINO and torch (autocast) for bfloat16 compute (the others have none).
     A model the runtime cannot load, or an engine that is not installed, raises a ``NanoplusError``.
     """
     from nanoplus.runtime.backends import choose_backend
@@ -220,8 +225,11 @@ def open_case(case: Case, precision: str = "f32", score_thr: float = 0.35, iou_t
     path = Path(case.model_path)
     if not path.is_file():
         raise BenchError(f"{path}: no such model file; check the path")
-    if precision not in ("f32", "native"):
-        raise BenchError(f"--precision must be f32 or native, got '{precision}'")
+    if precision not in ENGINE_PRECISION:
+        raise BenchError(f"--precision must be one of {', '.join(ENGINE_PRECISION)}, got '{precision}'")
+    if precision == "bf16" and choose_backend(path, case.backend) not in ("openvino", "torch"):
+        raise BenchError(f"{path}: --precision bf16 runs on OpenVINO and torch only ({choose_backend(path, case.backend)} "
+                         "has no bf16 compute on CPUs); bench the other engines with --precision f32")
     global _torch_default_threads
     if _torch_default_threads is None and choose_backend(path, case.backend) == "torch":
         import torch
@@ -231,7 +239,7 @@ def open_case(case: Case, precision: str = "f32", score_thr: float = 0.35, iou_t
     try:
         case.detector = Detector(
             str(path), backend=case.backend, threads=case.threads, score_thr=score_thr, iou_thr=iou_thr,
-            max_det=max_det, precision="fp32" if precision == "f32" else "auto",
+            max_det=max_det, precision=ENGINE_PRECISION[precision],
             input_size=list(case.imgsz) if case.imgsz else None,
         )
     except NanoplusError as e:

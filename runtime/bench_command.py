@@ -48,9 +48,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--imgsz", default=None,
                         help="comma-separated input sizes (416 or HEIGHTxWIDTH); default: each model's own size. "
                              "Sizes other than a model's own need a model that accepts them (ncnn, dynamic ONNX / OpenVINO)")
-    parser.add_argument("--precision", choices=("f32", "native"), default="f32",
+    parser.add_argument("--precision", choices=("f32", "native", "bf16"), default="f32",
                         help="f32 (default): every engine computes in float32 (OpenVINO would pick bf16 on CPUs that "
-                             "have it); native: each engine's own default, recorded per result")
+                             "have it); native: each engine's own default, recorded per result; bf16: OpenVINO and "
+                             "torch (autocast) in bfloat16, for a like-for-like bf16 comparison")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up iterations per combination (default 10, at least 1)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--runs", type=int, default=None, help="measured rounds per combination (default 100)")

@@ -139,7 +139,8 @@ class Detector:
     model_path: .onnx, .xml (OpenVINO IR), .param (ncnn), a nanoplus checkpoint, or a folder with
     one of them. backend: "auto" (from the file type), "onnxruntime", "openvino", "ncnn", "torch".
     threads: engine threads (None: the engine's default). precision: OpenVINO fp32 (default) /
-    fp16 / bf16 / auto; ncnn auto (default) / fp32.
+    fp16 / bf16 / auto; ncnn auto (default) / fp32; torch fp32 (default) / bf16 (autocast);
+    onnxruntime fp32 (the file's own).
     Foreign-model flags (override what the file says or what is detected): input_size (416 or
     (H, W)), class_names (list or names file), layout ("NC" | "CN"), score_activation ("sigmoid" |
     "none"/"logits"), input_name / output_name (ncnn blobs), strides, reg_max.

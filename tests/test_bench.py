@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import IMAGES, NCNN_FP16_DIR, require
+from conftest import IMAGES, NCNN_FP16_DIR, REPO_ROOT, require
 
 from nanoplus.cli import main
 from nanoplus.runtime import bench
@@ -496,6 +497,37 @@ def test_backend_option_errors_are_clear(tmp_path, capsys):
     assert "reads" in capsys.readouterr().err
     assert main(["bench", str(param), "--threads", "two", "--quiet"]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_bf16_on_an_engine_without_bf16_is_a_clear_error(capsys):
+    param = require(NCNN_PARAM)
+    assert main(["bench", str(param), "--precision", "bf16", "--runs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "bf16 runs on OpenVINO and torch only" in err and "--precision f32" in err and "Traceback" not in err
+
+
+def test_targets_report_computes_overhead_and_speedups(tmp_path):
+    """bench/targets.py on a hand-made document: the numbers it prints are the JSON's, combined right."""
+    def result(backend, precision, threads, model, pre, post, e2e):
+        stages = {name: {"p50_ms": v} for name, v in
+                  (("model", model), ("preprocess", pre), ("postprocess", post), ("end_to_end", e2e))}
+        return {"model": {"name": "nanodet-plus-m_416"}, "backend": backend, "precision": precision,
+                "threads": threads, "stages": stages}
+    doc = {"run": {"preprocess_implementation": "native (avx2+fma)"}, "results": [
+        result("torch", "fp32", 1, 50.0, 0.6, 0.5, 51.0),
+        result("openvino", "fp32", 1, 20.0, 0.5, 0.4, 21.0),   # fastest: 0.9 / 20 = 4.5%
+        result("onnxruntime", "fp32", 1, 22.0, 0.5, 0.4, 23.0),
+        result("torch", "fp32", 2, 40.0, 0.6, 0.5, 41.0),
+        result("ncnn", "fp32", 2, 15.0, 0.5, 0.4, 16.0),        # 40 / 15 = 2.67x
+    ]}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(doc))
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "targets.py"), str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "(openvino, fp32)" in out and "0.90 ms on a 20.00 ms model: **4.5%** (target 5%: met" in out
+    assert "stretch 3%: **missed**" in out and "`native (avx2+fma)`" in out
+    assert "| fp32 | 1 | openvino 20.00 ms | 50.00 ms | 2.50x | 2.43x | met |" in out
+    assert "| fp32 | 2 | ncnn 15.00 ms | 40.00 ms | 2.67x | 2.56x | met |" in out
 
 
 @pytest.mark.slow

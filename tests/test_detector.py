@@ -326,6 +326,15 @@ def test_torch_backend_on_imported_weights(tmp_path):
     np.testing.assert_array_equal(a.class_ids, b.class_ids)
     np.testing.assert_allclose(a.boxes, b.boxes, atol=0.5)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
+    # bf16 autocast (the PyTorch side of a bf16 benchmark): the same objects, bf16-close
+    det_bf16 = Detector(out, threads=1, precision="bf16")
+    assert det_bf16.backend.precision == "bf16"
+    c = det_bf16(img)
+    assert len(c) >= 1 and c.class_names[0] == a.class_names[0]
+    np.testing.assert_allclose(c.boxes[0], a.boxes[0], atol=8.0)
+    assert abs(float(c.scores[0]) - float(a.scores[0])) < 0.05
+    with pytest.raises(NanoplusError, match="fp32.*bf16"):
+        Detector(out, threads=1, precision="fp16")
 
 
 # -- one model exported to every format: every backend gives the same detections -------------------------
