@@ -206,6 +206,13 @@ def model_only_once(case: Case, clock: Callable[[], int]) -> float:
     return _ms(clock() - t0)
 
 
+def preprocess_implementation() -> str:
+    """What ``Detector.preprocess`` runs here (compiled or OpenCV + numpy), for the run record."""
+    from nanoplus.runtime.preprocess import implementation
+
+    return implementation()
+
+
 # bench --precision -> the Detector's precision argument
 ENGINE_PRECISION = {"f32": "fp32", "native": "auto", "bf16": "bf16"}
 

@@ -27,7 +27,6 @@ from typing import Optional
 
 from nanoplus.errors import NanoplusError
 from nanoplus.runtime.bench import BenchError
-from nanoplus.runtime.preprocess import implementation as preprocess_implementation
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "ncnn", "torch")
 # Which file formats each backend reads, to pair models with a list of backends.
@@ -202,7 +201,7 @@ def measure_models(args) -> dict:
         "warmup": args.warmup, "runs": runs, "seconds": args.seconds, "sustained_s": args.sustained,
         "settle_ms": args.settle,
         "precision_policy": args.precision,
-        "preprocess_implementation": preprocess_implementation(),
+        "preprocess_implementation": bench.preprocess_implementation(),
         "postprocess": {"score_thr": args.score_thr, "iou_thr": args.iou_thr, "max_det": args.max_det},
         "image": image_info,
     }
@@ -517,8 +516,8 @@ def render_markdown(documents: list[dict], baseline: Optional[str] = "torch") ->
         if m.get("device_model"):
             out.append(f"- Device: {m['device_model']}")
         os_info = m.get("os") or {}
-        out.append(f"- OS: {os_info.get('distribution') or ''} ({os_info.get('system')} {os_info.get('release')}), "
-                   f"Python {m.get('python')}")
+        out.append(f"- OS: {os_info.get('distribution') or ''} ({os_info.get('system')} {os_info.get('release')})"
+                   + (f", Python {m['python']}" if m.get("python") else ""))
         out.append("- Software: " + ", ".join(f"{k} {v}" for k, v in (m.get("software") or {}).items()))
         if m.get("env"):
             out.append("- Environment: " + ", ".join(f"`{k}={v}`" for k, v in m["env"].items()))

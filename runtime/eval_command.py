@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from nanoplus.runtime.datasets import check_num_classes, load_dataset
     from nanoplus.runtime.evaluate import STAT_NAMES, evaluate_detections, format_metrics, write_coco_results
 
-    dataset = load_dataset(args.data, args.split)
+    dataset = load_dataset(args.data, args.split, log=False)  # its summary is printed below, once
     detector = open_detector(args, multi_label=not args.single_label)
     settings = _eval_settings(detector, args)
     detector.score_thr, detector.iou_thr, detector.max_det = (

@@ -234,6 +234,13 @@ void warp_normalize(const Plan& p, const uint8_t* src, float* planes, bool use_s
             return slot;
         }
         load_row(p, src, y, row.data());
+        // the image is usually cold (the model ran since it was decoded): ask for the next two
+        // source rows while this one is blended; rows cross 4 KiB pages, where hardware
+        // prefetchers stop
+        for (int ahead = y + 1; ahead <= y + 2 && ahead < p.src_h; ++ahead) {
+            const char* next = reinterpret_cast<const char*>(src) + static_cast<size_t>(ahead) * p.src_w * 3;
+            for (int offset = 0; offset < p.src_w * 3; offset += 64) __builtin_prefetch(next + offset);
+        }
 #ifdef NANOPLUS_X86
         if (simd) {
             blend_row_avx2(p, row.data(), out);
