@@ -526,7 +526,7 @@ def test_import_plain_state_dict(tmp_path):
 def test_upstream_weights_for_another_class_count_are_refused_unless_partial(tmp_path, capsys):
     require_model()
     out = tmp_path / "c20.ckpt"
-    src = str(UPSTREAM_CASE / "state_dict.pt")
+    src = str(require(UPSTREAM_CASE / "state_dict.pt"))
     assert _cli(["import", src, "--config", "nanodet-plus-m_416", "model.num_classes=20", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "head.gfl_cls" in err and "--partial" in err and "num_classes" in err
