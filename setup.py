@@ -10,7 +10,8 @@ setup(
     ext_modules=[
         Extension(
             "nanoplus.runtime._native",
-            sources=["runtime/native/warp_normalize.cpp"],
+            sources=["runtime/native/module.cpp", "runtime/native/warp_normalize.cpp"],
+            depends=["runtime/native/warp_normalize.h"],
             language="c++",
             # -ffp-contract=off: the normalisation must round twice, as numpy does
             extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=off"],

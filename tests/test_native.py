@@ -133,17 +133,26 @@ def test_build_native_program():
 # same pipeline as the Python runtime
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["dog", "giraffe", "scream"])  # down-scaled, square, up-scaled
-def test_network_input_is_bit_identical(name, png_photos, tmp_path):
-    """The C++ warp + normalisation gives exactly the blob runtime/preprocess.py gives (OpenCV's warp)."""
-    from nanoplus.runtime.metadata import ModelMeta
-    from nanoplus.runtime.preprocess import preprocess
-
+def test_network_input_is_bit_identical(name, png_photos, tmp_path, monkeypatch):
+    """The C++ warp + normalisation gives exactly the blob OpenCV's warp + numpy's normalisation give
+    in runtime/preprocess.py."""
     path, img = png_photos[name]
     dump = tmp_path / "input.f32"
     run_native("detect", require(FP16_PARAM), path, "--dump-input", dump)
     native = np.fromfile(dump, dtype=np.float32).reshape(1, 3, 416, 416)
-    blob, _ = preprocess(img, ModelMeta.for_foreign_model(80, (416, 416)))
+    blob = _opencv_blob(img, monkeypatch)
     assert np.array_equal(native, blob), f"max difference {np.abs(native - blob).max()}"
+
+
+def _opencv_blob(img, monkeypatch):
+    """runtime/preprocess.py's blob through OpenCV + numpy (not the compiled path the program shares)."""
+    from nanoplus.runtime.metadata import ModelMeta
+    from nanoplus.runtime.preprocess import implementation, preprocess
+
+    monkeypatch.setenv("NANOPLUS_NATIVE", "0")
+    assert implementation() == "opencv+numpy"
+    blob, _ = preprocess(img, ModelMeta.for_foreign_model(80, (416, 416)))
+    return blob
 
 
 @pytest.mark.parametrize("precision", ["fp32", "auto"])
@@ -318,12 +327,20 @@ def test_jni_bridge_on_desktop_jvm(png_photos, tmp_path):
 
 
 @pytest.mark.slow
-def test_aarch64_build_under_qemu(png_photos, tmp_path):
+def test_aarch64_build_under_qemu(png_photos, tmp_path, monkeypatch):
     """The cross-built aarch64 program (build.sh aarch64) gives the Python runtime's detections under qemu."""
     qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
     if not AARCH64_BIN.is_file() or qemu is None:
         pytest.skip(f"needs {AARCH64_BIN} (android_demo/scripts/build.sh aarch64) and qemu-user-static")
     path, img = png_photos["dog"]
+    # the portable warp (fma instructions, no x86 vector path) gives OpenCV's bits on aarch64 too
+    dump = tmp_path / "input.f32"
+    proc = subprocess.run([qemu, str(AARCH64_BIN), "detect", str(require(FP16_PARAM)), str(path), "--dump-input", str(dump)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    native_input = np.fromfile(dump, dtype=np.float32).reshape(1, 3, 416, 416)
+    blob = _opencv_blob(img, monkeypatch)
+    assert np.array_equal(native_input, blob), f"max difference {np.abs(native_input - blob).max()}"
     native = native_detections(require(FP16_PARAM), [path], tmp_path, "--precision", "fp32", binary=AARCH64_BIN, prefix=(qemu,))[0]
     expected = python_detections(FP16_PARAM, [img], "fp32")[0]
     diff = compare(expected, native, 0.35)

@@ -156,11 +156,10 @@ ncnn::Mat Detector::preprocess(const ImageView& image, WarpMatrix& matrix) const
     if (!image.data || image.width <= 0 || image.height <= 0) throw Error("preprocess: empty image");
     const int h = meta_.input_h, w = meta_.input_w;
     matrix = get_warp_matrix(image.height, image.width, h, w, meta_.resize_mode == "letterbox");
-    std::vector<uint8_t> warped(static_cast<size_t>(h) * w * 3);
-    warp_image(image, matrix, h, w, warped.data());
     ncnn::Mat input(w, h, 3);
-    float* planes[3] = {input.channel(0), input.channel(1), input.channel(2)};
-    normalize_to_planes(warped.data(), h, w, meta_.mean, meta_.std, meta_.color_order == "RGB", meta_.input_dtype == "float32", planes);
+    float* const planes[3] = {input.channel(0), input.channel(1), input.channel(2)};
+    preprocess_to_planes(image, matrix, h, w, meta_.mean, meta_.std, meta_.color_order == "RGB",
+                         meta_.input_dtype == "float32", planes);
     return input;
 }
 

@@ -1,11 +1,9 @@
-// nanoplus.runtime._native: the pre-processing warp and normalisation in one pass, bit-identical to
-// runtime/preprocess.py (cv2.warpPerspective of OpenCV 5 with a diagonal matrix, bilinear,
-// constant border 0, rounded to uint8; then v * float(1/std) + float(-mean/std) in float32).
+// warp_normalize.h: what this computes. How:
 //
 // Why it exists: at 1 thread OpenCV's general warp plus numpy's normalisation take about 1.4 ms at
 // 416x416, 6% of the model's own time; the matrix is always diagonal, so the warp is separable and
 // the normalisation and the HWC -> CHW split can be done while the result is in registers.
-// preprocess.py falls back to OpenCV + numpy when this module is not built.
+// preprocess.py falls back to OpenCV + numpy when the Python module is not built.
 //
 // The arithmetic is OpenCV's, in the same order: source coordinates in float32 from the inverted
 // matrix; each of the two source rows blended horizontally, then the two results vertically, each
@@ -13,19 +11,19 @@
 // instruction the product and sum are formed in double, which is exact for these operands (a byte
 // difference times a float weight), so the one rounding to float is the fma's. This file must be
 // compiled with -ffp-contract=off: the normalisation rounds twice, as numpy does.
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "warp_normalize.h"
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define NANOPLUS_X86 1
 #endif
+
+namespace nanoplus {
 
 namespace {
 
@@ -44,18 +42,18 @@ inline float round_half_even(float v) {
 }
 
 struct Plan {
-    int src_h, src_w, dst_h, dst_w;
-    // per output column: float offsets of the two taps in a padded float row, the weight of the second
+    int src_h, src_w, stride, cn, dst_h, dst_w;
+    // per output column: byte offsets of the two taps in a padded row, the weight of the second
     std::vector<int> off0, off1;
     std::vector<float> ax;
-    // the vector path: per column (and one spare) the offset of an 8-byte load holding both taps,
-    // and the column's weight four times
+    // the 3-channel vector path: per column (and one spare) the offset of an 8-byte load holding
+    // both taps, and the column's weight four times
     std::vector<int> pair_off;
     std::vector<float> ax4;
     // per output row: first source row and the weight of the second
     std::vector<int> sy;
     std::vector<float> ay;
-    int order[3];  // source channel of each output plane
+    int source[3];  // byte of a source pixel that output plane c reads
     float mul[3], add[3];
 };
 
@@ -67,49 +65,56 @@ inline void tap(float inverse, int i, int* first, float* alpha) {
     *alpha = coord - base;
 }
 
-Plan make_plan(int src_h, int src_w, int dst_h, int dst_w, double scale_x, double scale_y, bool to_rgb,
-               const float mul[3], const float add[3]) {
+Plan make_plan(const ImageView& image, double scale_x, double scale_y, int dst_h, int dst_w, const float mul[3],
+               const float add[3], bool to_rgb) {
     Plan p;
-    p.src_h = src_h, p.src_w = src_w, p.dst_h = dst_h, p.dst_w = dst_w;
+    p.src_h = image.height, p.src_w = image.width, p.dst_h = dst_h, p.dst_w = dst_w;
+    p.cn = channels_of(image.format);
+    p.stride = image.stride ? image.stride : image.width * p.cn;
     const float inv_x = static_cast<float>(1.0 / scale_x), inv_y = static_cast<float>(1.0 / scale_y);
     p.off0.resize(dst_w), p.off1.resize(dst_w), p.ax.resize(dst_w);
     // A padded row holds one zero pixel left and right of the image: a tap outside the image
-    // (BORDER_CONSTANT 0) reads the left zero pixel.
-    auto column = [&](int c) { return (c < -1 || c > src_w ? -1 : c) * 3 + 3; };
-    // Where the taps are not neighbours both are border zeros (outside the image), so the vector
-    // path reads 8 zero bytes from the slack after the right padding pixel instead.
-    const int zeros = src_w * 3 + 6;
+    // (BORDER_CONSTANT 0) reads the left zero pixel. Where the two taps are not neighbours both
+    // are such zeros, so the vector path reads 8 zero bytes from the slack after the right one.
+    const int cn = p.cn;
+    auto column = [&](int c) { return (c < -1 || c > p.src_w ? -1 : c) * cn + cn; };
+    const int zeros = (p.src_w + 2) * cn;
     p.pair_off.assign(dst_w + 1, zeros), p.ax4.assign(static_cast<size_t>(dst_w + 1) * 4, 0.f);
     for (int x = 0; x < dst_w; ++x) {
         int first;
         tap(inv_x, x, &first, &p.ax[x]);
         p.off0[x] = column(first);
         p.off1[x] = column(first + 1);
-        if (p.off1[x] == p.off0[x] + 3) p.pair_off[x] = p.off0[x];
+        if (p.off1[x] == p.off0[x] + cn) p.pair_off[x] = p.off0[x];
         for (int k = 0; k < 4; ++k) p.ax4[static_cast<size_t>(x) * 4 + k] = p.ax[x];
     }
     p.sy.resize(dst_h), p.ay.resize(dst_h);
     for (int y = 0; y < dst_h; ++y) tap(inv_y, y, &p.sy[y], &p.ay[y]);
+    // where blue, green and red sit in a source pixel
+    int bgr[3] = {0, 1, 2};
+    if (image.format == PixelFormat::RGB || image.format == PixelFormat::RGBA) bgr[0] = 2, bgr[2] = 0;
+    if (image.format == PixelFormat::GRAY) bgr[0] = bgr[1] = bgr[2] = 0;
     for (int c = 0; c < 3; ++c) {
-        p.order[c] = to_rgb ? 2 - c : c;
+        p.source[c] = bgr[to_rgb ? 2 - c : c];
         p.mul[c] = mul[c], p.add[c] = add[c];
     }
     return p;
 }
 
-// Source row y with a zero pixel either side, then 8 bytes of zero slack (row buffers are
-// (src_w + 2) * 3 + 8 bytes).
+size_t padded_row_bytes(const Plan& p) { return static_cast<size_t>(p.src_w + 2) * p.cn + 8; }
+
+// Source row y between its zero pixels (the buffer's padding and slack stay zero).
 void load_row(const Plan& p, const uint8_t* src, int y, uint8_t* row) {
-    std::memcpy(row + 3, src + static_cast<size_t>(y) * p.src_w * 3, static_cast<size_t>(p.src_w) * 3);
+    std::memcpy(row + p.cn, src + static_cast<size_t>(y) * p.stride, static_cast<size_t>(p.src_w) * p.cn);
 }
 
 // Horizontal blend of one padded row into 3 planes of dst_w floats; `floats` is scratch for the
 // row as floats (converting once is faster than per tap).
 void blend_row_generic(const Plan& p, const uint8_t* __restrict row, float* __restrict floats, float* __restrict out) {
-    const int n = (p.src_w + 2) * 3;
+    const int n = (p.src_w + 2) * p.cn;
     for (int i = 0; i < n; ++i) floats[i] = row[i];
     for (int c = 0; c < 3; ++c) {
-        const float* r = floats + p.order[c];
+        const float* r = floats + p.source[c];
         float* o = out + static_cast<size_t>(c) * p.dst_w;
         for (int x = 0; x < p.dst_w; ++x) {
             const float v0 = r[p.off0[x]], v1 = r[p.off1[x]];
@@ -120,12 +125,11 @@ void blend_row_generic(const Plan& p, const uint8_t* __restrict row, float* __re
 
 // Vertical blend of two horizontally blended rows, rounded, normalised, into output row y.
 void finish_row_generic(const Plan& p, float ay, const float* __restrict top, const float* __restrict bottom,
-                        float* __restrict planes, int y) {
-    const size_t plane = static_cast<size_t>(p.dst_h) * p.dst_w;
+                        float* const planes[3], int y) {
     for (int c = 0; c < 3; ++c) {
         const float* t = top + static_cast<size_t>(c) * p.dst_w;
         const float* b = bottom + static_cast<size_t>(c) * p.dst_w;
-        float* out = planes + c * plane + static_cast<size_t>(y) * p.dst_w;
+        float* out = planes[c] + static_cast<size_t>(y) * p.dst_w;
         const float m = p.mul[c], a = p.add[c];
         for (int x = 0; x < p.dst_w; ++x) {
             const float u = round_half_even(fused(ay, b[x] - t[x], t[x]));
@@ -136,12 +140,12 @@ void finish_row_generic(const Plan& p, float ay, const float* __restrict top, co
 }
 
 #ifdef NANOPLUS_X86
-// AVX2 + FMA. A blended row here is pixel-interleaved, 4 floats per column (source channels 0, 1,
-// 2 and a spare lane), for 8-column groups plus one spare column. One 8-byte load per column
-// reads both taps of all three channels; two columns are blended per instruction; the vertical
-// pass turns 8 columns around (an in-lane 4x4 transpose) into the three planes. Same roundings as
-// the portable path: _mm*_fmadd_ps rounds once, like its exact double product and sum. The spare
-// lanes blend neighbouring bytes and are never stored.
+// AVX2 + FMA, 3-channel images. A blended row here is pixel-interleaved, 4 floats per column
+// (source bytes 0, 1, 2 and a spare lane), for 8-column groups plus one spare column. One 8-byte
+// load per column reads both taps of all three channels; two columns are blended per
+// instruction; the vertical pass turns 8 columns around (an in-lane 4x4 transpose) into the
+// planes. Same roundings as the portable path: _mm*_fmadd_ps rounds once, like its exact double
+// product and sum. The spare lanes blend neighbouring bytes and are never stored.
 int interleaved_columns(int dst_w) { return (dst_w + 1 + 7) / 8 * 8; }
 
 __attribute__((target("avx2,fma"))) void blend_row_avx2(const Plan& p, const uint8_t* __restrict row,
@@ -160,18 +164,16 @@ __attribute__((target("avx2,fma"))) void blend_row_avx2(const Plan& p, const uin
 }
 
 __attribute__((target("avx2,fma"))) void finish_row_avx2(const Plan& p, float ay, const float* __restrict top,
-                                                         const float* __restrict bottom, float* __restrict planes,
+                                                         const float* __restrict bottom, float* const planes[3],
                                                          int y) {
-    const size_t plane = static_cast<size_t>(p.dst_h) * p.dst_w;
     const __m256 magic = _mm256_set1_ps(12582912.f);
     const __m256 weight = _mm256_set1_ps(ay);
-    // source channel k is written to plane order[k] (order swaps R and B, or nothing)
     float* out[3];
     __m256 mul[3], add[3];
-    for (int k = 0; k < 3; ++k) {
-        out[k] = planes + p.order[k] * plane + static_cast<size_t>(y) * p.dst_w;
-        mul[k] = _mm256_set1_ps(p.mul[p.order[k]]);
-        add[k] = _mm256_set1_ps(p.add[p.order[k]]);
+    for (int c = 0; c < 3; ++c) {
+        out[c] = planes[c] + static_cast<size_t>(y) * p.dst_w;
+        mul[c] = _mm256_set1_ps(p.mul[c]);
+        add[c] = _mm256_set1_ps(p.add[c]);
     }
     int x = 0;
     for (; x + 8 <= p.dst_w; x += 8) {
@@ -186,17 +188,18 @@ __attribute__((target("avx2,fma"))) void finish_row_avx2(const Plan& p, float ay
         }
         const __m256 s0 = _mm256_unpacklo_ps(u[0], u[1]), s1 = _mm256_unpackhi_ps(u[0], u[1]);
         const __m256 s2 = _mm256_unpacklo_ps(u[2], u[3]), s3 = _mm256_unpackhi_ps(u[2], u[3]);
-        const __m256 channel[3] = {_mm256_shuffle_ps(s0, s2, 0x44), _mm256_shuffle_ps(s0, s2, 0xEE),
-                                   _mm256_shuffle_ps(s1, s3, 0x44)};
-        for (int k = 0; k < 3; ++k)
-            _mm256_storeu_ps(out[k] + x, _mm256_add_ps(_mm256_mul_ps(channel[k], mul[k]), add[k]));
+        // source byte 0, 1, 2 of the 8 columns
+        const __m256 byte[3] = {_mm256_shuffle_ps(s0, s2, 0x44), _mm256_shuffle_ps(s0, s2, 0xEE),
+                                _mm256_shuffle_ps(s1, s3, 0x44)};
+        for (int c = 0; c < 3; ++c)
+            _mm256_storeu_ps(out[c] + x, _mm256_add_ps(_mm256_mul_ps(byte[p.source[c]], mul[c]), add[c]));
     }
     for (; x < p.dst_w; ++x) {
-        for (int k = 0; k < 3; ++k) {
-            const float t = top[static_cast<size_t>(x) * 4 + k], b = bottom[static_cast<size_t>(x) * 4 + k];
-            const float u = round_half_even(std::fma(ay, b - t, t));
-            const float v = u * p.mul[p.order[k]];
-            out[k][x] = v + p.add[p.order[k]];
+        for (int c = 0; c < 3; ++c) {
+            const size_t i = static_cast<size_t>(x) * 4 + p.source[c];
+            const float u = round_half_even(std::fma(ay, bottom[i] - top[i], top[i]));
+            const float v = u * p.mul[c];
+            out[c][x] = v + p.add[c];
         }
     }
 }
@@ -207,20 +210,36 @@ bool have_avx2_fma() {
 }
 #endif
 
-// planes: 3 x dst_h x dst_w floats. use_simd false forces the portable path (tests compare both).
-void warp_normalize(const Plan& p, const uint8_t* src, float* planes, bool use_simd) {
+}  // namespace
+
+int channels_of(PixelFormat format) {
+    switch (format) {
+        case PixelFormat::GRAY: return 1;
+        case PixelFormat::BGR:
+        case PixelFormat::RGB: return 3;
+        default: return 4;
+    }
+}
+
+const char* simd_name() {
 #ifdef NANOPLUS_X86
-    const bool simd = use_simd && have_avx2_fma();
+    if (have_avx2_fma()) return "avx2+fma";
+#endif
+    return "none";
+}
+
+void warp_normalize(const ImageView& image, double scale_x, double scale_y, int dst_h, int dst_w, const float mul[3],
+                    const float add[3], bool to_rgb, float* const planes[3], bool use_simd) {
+    const Plan p = make_plan(image, scale_x, scale_y, dst_h, dst_w, mul, add, to_rgb);
+#ifdef NANOPLUS_X86
+    const bool simd = use_simd && p.cn == 3 && have_avx2_fma();
+    const size_t blended_len = simd ? static_cast<size_t>(4) * interleaved_columns(dst_w) : static_cast<size_t>(3) * dst_w;
 #else
     (void)use_simd;
+    const size_t blended_len = static_cast<size_t>(3) * dst_w;
 #endif
-    std::vector<uint8_t> row(static_cast<size_t>(p.src_w + 2) * 3 + 8, 0);
+    std::vector<uint8_t> row(padded_row_bytes(p), 0);
     std::vector<float> row_floats(row.size());
-#ifdef NANOPLUS_X86
-    const size_t blended_len = simd ? static_cast<size_t>(4) * interleaved_columns(p.dst_w) : static_cast<size_t>(3) * p.dst_w;
-#else
-    const size_t blended_len = static_cast<size_t>(3) * p.dst_w;
-#endif
     std::vector<float> blended(2 * blended_len);
     int held[2] = {-2, -2};  // the source row each blended slot holds (-2: none)
     auto slot_of = [&](int y, int keep) {
@@ -233,13 +252,13 @@ void warp_normalize(const Plan& p, const uint8_t* src, float* planes, bool use_s
             std::fill(out, out + blended_len, 0.f);
             return slot;
         }
-        load_row(p, src, y, row.data());
+        load_row(p, image.data, y, row.data());
         // the image is usually cold (the model ran since it was decoded): ask for the next two
         // source rows while this one is blended; rows cross 4 KiB pages, where hardware
         // prefetchers stop
         for (int ahead = y + 1; ahead <= y + 2 && ahead < p.src_h; ++ahead) {
-            const char* next = reinterpret_cast<const char*>(src) + static_cast<size_t>(ahead) * p.src_w * 3;
-            for (int offset = 0; offset < p.src_w * 3; offset += 64) __builtin_prefetch(next + offset);
+            const char* next = reinterpret_cast<const char*>(image.data) + static_cast<size_t>(ahead) * p.stride;
+            for (int offset = 0; offset < p.src_w * p.cn; offset += 64) __builtin_prefetch(next + offset);
         }
 #ifdef NANOPLUS_X86
         if (simd) {
@@ -264,88 +283,4 @@ void warp_normalize(const Plan& p, const uint8_t* src, float* planes, bool use_s
     }
 }
 
-// format: the struct code ("B" uint8, "f" float32); dtype: its numpy name, for the message.
-bool get_buffer(PyObject* obj, Py_buffer* view, int flags, const char* format, const char* dtype, int ndim,
-                const char* what) {
-    if (PyObject_GetBuffer(obj, view, flags | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
-        PyErr_Format(PyExc_ValueError, "%s must be a C-contiguous array", what);
-        return false;
-    }
-    const char* f = view->format ? view->format : "B";
-    if (f[0] == '<' || f[0] == '=' || f[0] == '@') ++f;
-    if (std::strcmp(f, format) != 0 || view->ndim != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s must be a %d-D %s array (got %d-D, buffer format '%s')", what, ndim, dtype,
-                     view->ndim, view->format ? view->format : "B");
-        PyBuffer_Release(view);
-        return false;
-    }
-    return true;
-}
-
-PyObject* py_warp_normalize(PyObject*, PyObject* args, PyObject* kwargs) {
-    static const char* keywords[] = {"image", "scale_x", "scale_y", "out", "mul", "add", "to_rgb", "simd", nullptr};
-    PyObject *image_obj, *out_obj;
-    double scale_x, scale_y;
-    double mul[3], add[3];
-    int to_rgb = 0, simd = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OddO(ddd)(ddd)|pp", const_cast<char**>(keywords), &image_obj,
-                                     &scale_x, &scale_y, &out_obj, &mul[0], &mul[1], &mul[2], &add[0], &add[1],
-                                     &add[2], &to_rgb, &simd))
-        return nullptr;
-    if (!(scale_x > 0) || !(scale_y > 0)) {
-        PyErr_SetString(PyExc_ValueError, "scale_x and scale_y must be positive");
-        return nullptr;
-    }
-    Py_buffer image, out;
-    if (!get_buffer(image_obj, &image, PyBUF_SIMPLE, "B", "uint8", 3, "image")) return nullptr;
-    if (!get_buffer(out_obj, &out, PyBUF_WRITABLE, "f", "float32", 4, "out")) {
-        PyBuffer_Release(&image);
-        return nullptr;
-    }
-    const Py_ssize_t* is = image.shape;
-    const Py_ssize_t* os = out.shape;
-    if (is[2] != 3 || is[0] < 1 || is[1] < 1 || os[0] != 1 || os[1] != 3 || os[2] < 1 || os[3] < 1) {
-        PyErr_SetString(PyExc_ValueError, "image must be (h, w, 3) uint8 and out (1, 3, H, W) float32");
-        PyBuffer_Release(&image);
-        PyBuffer_Release(&out);
-        return nullptr;
-    }
-    const float mulf[3] = {static_cast<float>(mul[0]), static_cast<float>(mul[1]), static_cast<float>(mul[2])};
-    const float addf[3] = {static_cast<float>(add[0]), static_cast<float>(add[1]), static_cast<float>(add[2])};
-    const Plan plan = make_plan(static_cast<int>(is[0]), static_cast<int>(is[1]), static_cast<int>(os[2]),
-                                static_cast<int>(os[3]), scale_x, scale_y, to_rgb != 0, mulf, addf);
-    Py_BEGIN_ALLOW_THREADS
-    warp_normalize(plan, static_cast<const uint8_t*>(image.buf), static_cast<float*>(out.buf), simd != 0);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&image);
-    PyBuffer_Release(&out);
-    Py_RETURN_NONE;
-}
-
-PyObject* py_simd(PyObject*, PyObject*) {
-#ifdef NANOPLUS_X86
-    if (have_avx2_fma()) return PyUnicode_FromString("avx2+fma");
-#endif
-#if defined(__ARM_FEATURE_FMA)
-    return PyUnicode_FromString("fma");
-#else
-    return PyUnicode_FromString("none");
-#endif
-}
-
-PyMethodDef methods[] = {
-    {"warp_normalize", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(py_warp_normalize)),
-     METH_VARARGS | METH_KEYWORDS,
-     "warp_normalize(image, scale_x, scale_y, out, mul, add, to_rgb=False, simd=True)\n\n"
-     "image (h, w, 3) uint8 -> out (1, 3, H, W) float32: the warp by diag(scale_x, scale_y, 1) as\n"
-     "cv2.warpPerspective computes it (bilinear, border 0, rounded), then v * mul[c] + add[c].\n"
-     "to_rgb: plane 0 reads channel 2. simd=False forces the portable path."},
-    {"simd", py_simd, METH_NOARGS, "the vector instructions the fast path uses here ('none': portable code)"},
-    {nullptr, nullptr, 0, nullptr}};
-
-PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "Compiled pre-processing for nanoplus.runtime", -1, methods,
-                      nullptr, nullptr, nullptr, nullptr};
-
-}  // namespace
-
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+}  // namespace nanoplus
