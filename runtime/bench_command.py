@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from nanoplus.atomic import atomic_open, write_text_atomic
 from nanoplus.errors import NanoplusError
 from nanoplus.runtime.bench import BenchError
 
@@ -248,15 +249,6 @@ def synthetic_image(height: int = 480, width: int = 640):
 # ---------------------------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------------------------
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def schema_path() -> Path:
     return Path(__file__).with_name("bench_schema.json")
 
@@ -612,9 +604,6 @@ def plot_distributions(documents: list[dict], path: str) -> None:
     axes[0][0].set_yticks(range(1, len(entries) + 1), [e[0] for e in entries], fontsize=8)
     axes[0][0].invert_yaxis()  # first result on top, as in the table
     fig.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, target)

@@ -22,7 +22,8 @@ import argparse
 import sys
 import time
 
-from nanoplus.runtime.infer_command import add_model_arguments, open_detector, write_json_atomic
+from nanoplus.atomic import write_json_atomic
+from nanoplus.runtime.infer_command import add_model_arguments, open_detector
 
 EVAL_DEFAULTS = {"score_thr": 0.05, "iou_thr": 0.6, "max_det": 100}
 

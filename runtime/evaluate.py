@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
+from nanoplus.atomic import write_json_atomic
 from nanoplus.errors import NanoplusError
 
 logger = logging.getLogger("nanoplus.evaluate")
@@ -176,15 +175,4 @@ def write_coco_results(path: Union[str, os.PathLike], dataset, predictions) -> P
     for r in results:
         r["bbox"] = [round(v, 3) for v in r["bbox"]]
         r["score"] = round(r["score"], 6)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(results, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_json_atomic(path, results, indent=None)

@@ -19,12 +19,11 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+from nanoplus.atomic import write_bytes_atomic, write_json_atomic  # noqa: F401 (write_json_atomic: eval_command)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
@@ -81,29 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-def write_json_atomic(path, document) -> Path:
-    """Write ``document`` as JSON via a temporary file and os.replace (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _write_image_atomic(path: Path, img) -> None:
     import cv2
 
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # the suffix tells OpenCV the format
-    if not cv2.imwrite(str(tmp), img):
-        raise OSError(f"{path}: OpenCV could not write this image")
-    os.replace(tmp, path)
+    ok, encoded = cv2.imencode(path.suffix or ".jpg", img)  # the suffix tells OpenCV the format
+    if not ok:
+        raise OSError(f"{path}: OpenCV cannot encode an image as '{path.suffix}'; use .jpg or .png")
+    write_bytes_atomic(path, encoded.tobytes())
 
 
 class _Window:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
+from nanoplus.atomic import write_text_atomic
 from nanoplus.errors import NanoplusError
 
 METADATA_KEY = "nanoplus"
@@ -138,11 +139,7 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 
 def write_sidecar(meta: ModelMeta, model_path: str | os.PathLike) -> Path:
     """Write ``<model>.json`` atomically next to the model file."""
-    path = sidecar_path(model_path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(meta.to_json(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(sidecar_path(model_path), meta.to_json())
 
 
 def read_sidecar(model_path: str | os.PathLike) -> Optional[ModelMeta]:

@@ -13,9 +13,7 @@ in with ``allow_pickle=True`` (and then a warning is issued).
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,6 +21,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from nanoplus.atomic import atomic_open
 from nanoplus.errors import NanoplusError
 
 FORMAT = "nanoplus-checkpoint"
@@ -124,18 +123,8 @@ def save_checkpoint(path, **fields) -> Path:
             data[key] = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in data[key].items()}
     for key, value in data.items():
         _check_plain(value, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb", fsync=True) as f:
+        torch.save(data, f)
     return path
 
 

@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
+from nanoplus.atomic import atomic_open
 from nanoplus.errors import NanoplusError
 
 BUILTIN_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -358,8 +359,5 @@ def config_from_dict(raw: dict) -> Config:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the fully resolved config as YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)

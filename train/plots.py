@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nanoplus.atomic import atomic_open
+
 
 def plot_curves(step_rows: list[dict], epoch_rows: list[dict], path: str | os.PathLike) -> Path:
     """Three panels: training losses per epoch (mean), lr per step, mAP / AP50 per evaluation."""
@@ -46,8 +48,7 @@ def plot_curves(step_rows: list[dict], epoch_rows: list[dict], path: str | os.Pa
     ax.set_xlabel("epoch")
 
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

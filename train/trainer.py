@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nanoplus.atomic import write_text_atomic
 from nanoplus.errors import NanoplusError
 from nanoplus.train import distributed as du
 from nanoplus.train.config import Config, save_config
@@ -320,12 +321,6 @@ def _plain(obj):
 
 # ------------------------------------------------------------------------------------------------
 # Logs
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _csv_text(rows: list[dict], keys: Optional[Sequence[str]] = None) -> str:
@@ -673,8 +668,8 @@ class Trainer:
 
     # -- logs ----------------------------------------------------------------------------------------
     def _write_logs(self, step_rows: list[dict]) -> None:
-        _write_atomic(self.out_dir / "results.csv", _csv_text(self.history))
-        _write_atomic(self.out_dir / "results.json", json.dumps(
+        write_text_atomic(self.out_dir / "results.csv", _csv_text(self.history))
+        write_text_atomic(self.out_dir / "results.json", json.dumps(
             {"run": self.run_info, "class_names": self.class_names, "best_map": self.best_map,
              "epochs": self.history}, indent=1, default=float))
         try:
@@ -701,7 +696,7 @@ class Trainer:
             # keep the step log of the completed epochs only (an interrupted epoch is run again)
             if self.resume:
                 step_rows = [r for r in read_csv_rows(steps_path) if r["step"] < self.global_step]
-            _write_atomic(steps_path, _csv_text(step_rows, STEP_FIELDS))
+            write_text_atomic(steps_path, _csv_text(step_rows, STEP_FIELDS))
             self.history = [h for h in self.history if h["epoch"] <= self.start_epoch]
 
         def step_log(row: dict) -> None:

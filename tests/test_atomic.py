@@ -1,0 +1,48 @@
+"""Atomic writes: the file appears whole or not at all, and a failed write keeps the old one."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from nanoplus.atomic import atomic_open, write_bytes_atomic, write_json_atomic, write_text_atomic
+
+
+def test_writes_create_folders_and_leave_no_temporary_files(tmp_path):
+    target = tmp_path / "a" / "b" / "out.json"
+    write_json_atomic(target, {"x": [1, 2]})
+    assert json.loads(target.read_text()) == {"x": [1, 2]}
+    write_text_atomic(tmp_path / "t.txt", "héllo\n")
+    assert (tmp_path / "t.txt").read_text(encoding="utf-8") == "héllo\n"
+    write_bytes_atomic(tmp_path / "b.bin", b"\x00\xff")
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\xff"
+    leftovers = [p.name for p in tmp_path.rglob(".*")]
+    assert leftovers == []
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "ckpt.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, "wb", fsync=True) as f:
+            f.write(b"half of the new")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.bin"]
+
+
+def test_permissions_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_only_write_modes(tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_open(tmp_path / "x", "a"):
+            pass
