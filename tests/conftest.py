@@ -16,6 +16,20 @@ TINY_COCO = ASSETS / "datasets" / "tiny_coco"
 COCO128 = ASSETS / "datasets" / "coco128"
 IMAGES = ASSETS / "images"
 
+# A small but complete model (ShuffleNetV2 0.5x, narrow neck and heads, aux branch) on 64x64 inputs,
+# as config overrides, for tests that train or run many forward passes.
+TINY_MODEL = [
+    "model.num_classes=3",
+    "model.backbone.model_size=0.5x",
+    "model.fpn.in_channels=[48,96,192]",
+    "model.fpn.out_channels=32",
+    "model.head.feat_channels=32",
+    "model.aux_head.feat_channels=64",
+    "model.aux_head.stacked_convs=2",
+    "model.aux_head.num_groups=8",
+    "data.input_hw=[64,64]",
+]
+
 
 def require(path: Path) -> Path:
     """Skip the calling test with a clear reason when reference material is not present."""
@@ -39,9 +53,10 @@ def upstream_case() -> Path:
     return require(UPSTREAM_CASE)
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """Tests run with one torch thread: on a busy 2-core machine, 2 threads can be ~100x slower."""
+    """Every test starts with one torch thread (a test that opens a detector with more changes the
+    process-wide count): on a busy 2-core machine, 2 threads can be ~100x slower."""
     try:
         import torch
     except ImportError:

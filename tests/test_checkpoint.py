@@ -27,14 +27,6 @@ class NotPlainData:
     """Something only full unpickling can rebuild (pickled by reference to this test module)."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def cfg():
     return load_config("nanodet-plus-m_320", ["model.num_classes=3", "class_names=[cat,dog,bird]"])

@@ -11,23 +11,15 @@ import sys
 
 import pytest
 
+from conftest import TINY_MODEL
+
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 from nanoplus.train.config import load_config  # noqa: E402
 
-TINY = [
-    "model.num_classes=3",
-    "model.backbone.model_size=0.5x",
-    "model.fpn.in_channels=[48,96,192]",
-    "model.fpn.out_channels=32",
-    "model.head.feat_channels=32",
-    "model.aux_head.feat_channels=64",
-    "model.aux_head.stacked_convs=2",
-    "model.aux_head.num_groups=8",
-    "data.input_hw=[64,64]",
-]
+TINY = TINY_MODEL
 
 
 def free_port() -> int:

@@ -27,14 +27,6 @@ SPEC_PARAMS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _keys_file(name):
     path = KEYS_DIR / f"keys_{name}.json"
     if not path.is_file():

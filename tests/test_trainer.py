@@ -11,7 +11,7 @@ import subprocess
 import sys
 import pytest
 
-from conftest import COCO128, NCNN_FP16_DIR, TINY_COCO, require
+from conftest import COCO128, NCNN_FP16_DIR, TINY_COCO, TINY_MODEL, require
 
 torch = pytest.importorskip("torch")
 
@@ -19,17 +19,7 @@ from nanoplus.train.config import load_config  # noqa: E402
 from nanoplus.train.ema import ModelEMA  # noqa: E402
 from nanoplus.train.schedule import WarmupCosineSchedule, learning_rate  # noqa: E402
 
-# A small but complete model (ShuffleNetV2 0.5x, narrow neck/heads, aux branch) on 64x64 inputs.
-TINY = [
-    "model.num_classes=3",
-    "model.backbone.model_size=0.5x",
-    "model.fpn.in_channels=[48,96,192]",
-    "model.fpn.out_channels=32",
-    "model.head.feat_channels=32",
-    "model.aux_head.feat_channels=64",
-    "model.aux_head.stacked_convs=2",
-    "model.aux_head.num_groups=8",
-    "data.input_hw=[64,64]",
+TINY = TINY_MODEL + [
     "train.batch_size=4",
     "train.workers=0",
     "train.lr=0.002",
