@@ -32,6 +32,13 @@ Run 'nanoplus COMMAND --help' for a command's options."""
 from nanoplus.errors import NanoplusError
 
 
+# optional package -> the extra that installs it (pyproject.toml)
+OPTIONAL_PACKAGES = {
+    "torch": "train", "matplotlib": "train", "onnx": "export", "onnxslim": "export", "onnxsim": "export",
+    "pnnx": "export", "nncf": "export", "onnxruntime": "onnxruntime", "openvino": "openvino", "ncnn": "ncnn",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: lists the commands; each command parses its own arguments."""
     from nanoplus import __version__
@@ -79,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except NanoplusError as e:
         print(f"nanoplus {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional package this command needs (torch on a runtime-only install)
+        extra = OPTIONAL_PACKAGES.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        if extra == "train" and args.command == "export":
+            extra = "export"
+        hint = " (the CPU build: pip install torch==2.13.0 first)" if extra in ("train", "export") else ""
+        print(f"nanoplus {args.command}: error: this command needs the '{e.name}' package, which is not installed; "
+              f"install it with: pip install \"nanoplus[{extra}]\"{hint}", file=sys.stderr)
         return 2
 
 

@@ -226,7 +226,7 @@ def open_case(case: Case, precision: str = "f32", score_thr: float = 0.35, iou_t
     "bf16" asks OpenVINO and torch (autocast) for bfloat16 compute (the others have none).
     A model the runtime cannot load, or an engine that is not installed, raises a ``NanoplusError``.
     """
-    from nanoplus.runtime.backends import choose_backend
+    from nanoplus.runtime.backends import _import_engine, choose_backend
     from nanoplus.runtime.detector import Detector
 
     path = Path(case.model_path)
@@ -239,7 +239,7 @@ def open_case(case: Case, precision: str = "f32", score_thr: float = 0.35, iou_t
                          "has no bf16 compute on CPUs); bench the other engines with --precision f32")
     global _torch_default_threads
     if _torch_default_threads is None and choose_backend(path, case.backend) == "torch":
-        import torch
+        torch = _import_engine("torch", path)  # not installed: a message naming the extra to install
 
         _torch_default_threads = torch.get_num_threads()
     t0 = time.perf_counter_ns()

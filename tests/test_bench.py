@@ -471,6 +471,17 @@ def test_a_backend_that_is_not_installed_is_a_clear_error(monkeypatch, capsys):
     assert "ncnn" in err and "pip install" in err and "Traceback" not in err
 
 
+def test_a_checkpoint_without_torch_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    """On a device with only the runtime installed, a checkpoint names the extra it needs."""
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(b"not read: the engine is missing first")
+    monkeypatch.setitem(sys.modules, "torch", None)  # "import torch" now raises ImportError
+    monkeypatch.setattr(bench, "_torch_default_threads", None)
+    assert main(["bench", str(ckpt), "--runs", "1", "--warmup", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "torch" in err and 'pip install "nanoplus[train]"' in err and "Traceback" not in err
+
+
 def test_models_pair_with_the_listed_backends_that_read_them(tmp_path):
     from nanoplus.runtime.bench_command import plan_cases
 

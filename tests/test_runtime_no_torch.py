@@ -15,7 +15,8 @@ BLOCK_TORCH = textwrap.dedent("""
     class NoTorch(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test (an edge install without torch)")
+                # what a missing package raises: an edge install without torch
+                raise ModuleNotFoundError(f"No module named '{name}'", name=name)
             return None
 
     sys.meta_path.insert(0, NoTorch())
@@ -63,3 +64,27 @@ def test_detector_infer_and_eval_without_torch(tmp_path):
     assert result["rc"] == [0, 0]
     assert result["torch"] == []
     assert json.loads((tmp_path / "m.json").read_text())["mAP"] > 0.3
+
+
+def test_torch_commands_without_torch_name_the_install(tmp_path):
+    """train / export / import on a runtime-only install end with the pip command, not a traceback."""
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(b"never read: torch is missing first")
+    result = _run(f"""
+        import contextlib, io, json
+        from nanoplus.cli import main
+
+        codes, messages = [], []
+        for argv in (["export", {str(ckpt)!r}], ["train", "--config", "nanodet-plus-m_416", "--data", "d"],
+                     ["import", "x.param", "--config", "nanodet-plus-m_416", "--out", {str(tmp_path / "o.ckpt")!r}]):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                codes.append(main(argv))
+            messages.append(err.getvalue())
+        print(json.dumps({{"codes": codes, "messages": messages}}))
+    """)
+    assert result["codes"] == [2, 2, 2]
+    export, train, imported = result["messages"]
+    assert "'torch' package" in export and 'pip install "nanoplus[export]"' in export
+    assert 'pip install "nanoplus[train]"' in train and 'pip install "nanoplus[train]"' in imported
+    assert not any("Traceback" in m for m in result["messages"])
