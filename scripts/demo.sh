@@ -6,7 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS=${EPOCHS:-6}
+# a new folder each time (runs/demo, then runs/demo2, ...): an earlier run is never overwritten,
+# and every step below uses this run's own checkpoint
 RUN=runs/demo
+n=2
+while [ -e "$RUN" ]; do RUN=runs/demo$n; n=$((n + 1)); done
 
 python3 -m pip install -q "torch==2.13.0"   # the CPU wheel; an unpinned torch pulls a CUDA build
 python3 -m pip install -q -e ".[all]"
