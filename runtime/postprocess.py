@@ -214,8 +214,10 @@ def _select_candidates(raw_nc, num_classes, score_thr, scores_are_sigmoid, multi
             points, classes = np.divmod(key, num_classes)
         else:
             # one compare over the whole contiguous output is faster than one per row's class block
-            above = raw_nc > pre_thr if raw_nc.flags.c_contiguous else None
-            above = above[:, :num_classes] if above is not None else raw_nc[:, :num_classes] > pre_thr
+            if raw_nc.flags.c_contiguous:
+                above = (raw_nc > pre_thr)[:, :num_classes]
+            else:
+                above = raw_nc[:, :num_classes] > pre_thr
             points, classes = np.divmod(np.flatnonzero(above), num_classes)
         values = raw_nc[points, classes]
     else:
