@@ -95,8 +95,12 @@ def _bin_distances(bins: np.ndarray, reg_max: int) -> np.ndarray:
     k = len(bins)
     num_bins = reg_max + 1
     logits = np.asarray(bins, dtype=np.float32).reshape(k, 4, num_bins)
-    # softmax per side (the max is exact in any order); sum and expectation as matrix products
-    exp = np.exp(logits - logits.max(axis=2, keepdims=True))
+    # softmax per side; numpy reduces a short last axis slowly (111 us against 17 us for 660
+    # candidates), so the max is taken bin by bin, and the sum and expectation as matrix products
+    side_max = logits[:, :, 0].copy()
+    for b in range(1, num_bins):
+        np.maximum(side_max, logits[:, :, b], out=side_max)
+    exp = np.exp(logits - side_max[:, :, None])
     values, ones = _bin_vectors(num_bins)
     return (exp @ values) / (exp @ ones)
 
