@@ -43,7 +43,11 @@ def main(argv=None) -> int:
     import openvino as ov
 
     core = ov.Core()
-    model = core.read_model(args.model)
+    try:
+        model = core.read_model(args.model)
+    except RuntimeError as e:
+        sys.exit(f"profile_openvino: {args.model}: OpenVINO cannot read this model "
+                 f"({str(e).strip().splitlines()[-1]}); give an .xml IR or an .onnx file")
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": args.threads,
               "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True}
     compiled = core.compile_model(model, "CPU", config)
