@@ -47,7 +47,15 @@ def speedup_lines(doc: dict, precision: str) -> list[str]:
 
 
 def main(paths: list[str]) -> int:
-    docs = [json.load(open(p, encoding="utf-8")) for p in paths]
+    docs = []
+    for path in paths:
+        try:
+            doc = json.load(open(path, encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            sys.exit(f"targets: {path}: cannot read it as JSON ({e})")
+        if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+            sys.exit(f"targets: {path}: not a results document of nanoplus bench --json (no 'results' list)")
+        docs.append(doc)
     main_doc = docs[0]
     out = ["", "## The targets", ""]
 

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from nanoplus.atomic import write_bytes_atomic, write_json_atomic  # noqa: F401 (write_json_atomic: eval_command)
+from nanoplus.atomic import write_bytes_atomic, write_json_atomic
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Optional, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -79,15 +79,14 @@ def _scale_shift_tuples(mean: tuple, std: tuple) -> tuple[tuple, tuple]:
 
 
 def warp_normalize_native(img_bgr: np.ndarray, matrix: np.ndarray, dst_hw: Sequence[int], mean: Sequence[float],
-                          std: Sequence[float], to_rgb: bool = False, out: Optional[np.ndarray] = None) -> np.ndarray:
+                          std: Sequence[float], to_rgb: bool = False) -> np.ndarray:
     """``warp_image`` + (RGB swap) + ``normalize_to_blob`` in one compiled pass; same bits.
 
-    img_bgr: (h, w, 3) uint8; matrix: diagonal (3, 3). Returns (1, 3, H, W) float32 (``out`` if given).
+    img_bgr: (h, w, 3) uint8; matrix: diagonal (3, 3). Returns (1, 3, H, W) float32.
     """
     if _native is None:
         raise RuntimeError("nanoplus.runtime._native is not built (reinstall nanoplus with a C++ compiler)")
-    if out is None:
-        out = np.empty((1, 3, int(dst_hw[0]), int(dst_hw[1])), dtype=np.float32)
+    out = np.empty((1, 3, int(dst_hw[0]), int(dst_hw[1])), dtype=np.float32)
     scale, shift = _scale_shift_tuples(tuple(mean), tuple(std))
     _native.warp_normalize(np.ascontiguousarray(img_bgr), float(matrix[0, 0]), float(matrix[1, 1]), out,
                            scale, shift, bool(to_rgb))

@@ -533,12 +533,19 @@ def test_targets_report_computes_overhead_and_speedups(tmp_path):
     ]}
     path = tmp_path / "report.json"
     path.write_text(json.dumps(doc))
+    (tmp_path / "accuracy_m_bf16.json").write_text(json.dumps(
+        {"model": "runs/m_openvino.xml", "backend": "openvino", "precision": "bf16", "mAP": 0.36291, "AP50": 0.50476}))
     out = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "targets.py"), str(path)],
                          capture_output=True, text=True, check=True).stdout
     assert "(openvino, fp32)" in out and "0.90 ms on a 20.00 ms model: **4.5%** (target 5%: met" in out
     assert "stretch 3%: **missed**" in out and "`native (avx2+fma)`" in out
     assert "| fp32 | 1 | openvino 20.00 ms | 50.00 ms | 2.50x | 2.43x | met |" in out
     assert "| fp32 | 2 | ncnn 15.00 ms | 40.00 ms | 2.67x | 2.56x | met |" in out
+    assert "| m_openvino.xml | openvino | bf16 | 0.3629 | 0.5048 |" in out  # eval files beside the report
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"not": "results"}')
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "targets.py"), str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "bad.json: not a results document" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

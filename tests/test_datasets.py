@@ -232,22 +232,20 @@ def test_yolo_label_errors_name_file_and_line(tmp_path, text, message):
         load_dataset(yaml_path, "val")
 
 
-def test_yolo_yaml_errors(tmp_path):
+YOLO_YAML_ERRORS = [  # (data.yaml text, the message it must give)
+    ("path: .\nval: images/val\nnames: [a, b\n", r"data\.yaml line \d+ column \d+: not valid YAML"),
+    ("path: .\nval: images/val\n", "data.yaml: missing key 'names'"),
+    ("path: .\ntrain: images/val\nnames: [a]\n", "missing key 'val'.*has train"),
+    ("path: .\nval: images/nothere\nnames: [a]\n", "'val: images/nothere'.*is not a folder"),
+    ("path: .\nval: images/val\nnames: [a, b]\nnc: 3\n", "'nc' is 3 but 'names' lists 2"),
+]
+
+
+@pytest.mark.parametrize("text,message", YOLO_YAML_ERRORS)
+def test_yolo_yaml_errors(tmp_path, text, message):
     yaml_path = yolo_dataset(tmp_path, {"val/a": ""})
-    yaml_path.write_text("path: .\nval: images/val\nnames: [a, b\n")
-    with pytest.raises(DatasetError, match=r"data\.yaml line \d+ column \d+: not valid YAML"):
-        load_dataset(yaml_path, "val")
-    yaml_path.write_text("path: .\nval: images/val\n")
-    with pytest.raises(DatasetError, match="data.yaml: missing key 'names'"):
-        load_dataset(yaml_path, "val")
-    yaml_path.write_text("path: .\ntrain: images/val\nnames: [a]\n")
-    with pytest.raises(DatasetError, match="missing key 'val'.*has train"):
-        load_dataset(yaml_path, "val")
-    yaml_path.write_text("path: .\nval: images/nothere\nnames: [a]\n")
-    with pytest.raises(DatasetError, match="'val: images/nothere'.*is not a folder"):
-        load_dataset(yaml_path, "val")
-    yaml_path.write_text("path: .\nval: images/val\nnames: [a, b]\nnc: 3\n")
-    with pytest.raises(DatasetError, match="'nc' is 3 but 'names' lists 2"):
+    yaml_path.write_text(text)
+    with pytest.raises(DatasetError, match=message):
         load_dataset(yaml_path, "val")
 
 

@@ -3,6 +3,7 @@ dataset in another format gives the same numbers."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -15,9 +16,11 @@ from nanoplus.cli import main
     (NCNN_FP16_DIR, "nanodet-plus-m_416.param", 0.372, 0.515),
     (NCNN_INT8_DIR, "nanodet-plus-m_416-int8.param", 0.331, 0.497),
 ])
-def test_published_ncnn_models_reach_reference_map(model_dir, param, expected_map, expected_ap50, tmp_path, capsys):
+def test_published_ncnn_models_reach_reference_map(model_dir, param, expected_map, expected_ap50, tmp_path, capsys,
+                                                    caplog):
     """ASSETS.md "Reference accuracy": mAP within 0.003 of the independent reference pipeline."""
     require_module("ncnn")
+    caplog.set_level(logging.INFO)
     out = tmp_path / "metrics.json"
     rc = main(["eval", str(require(model_dir / param)), "--data", str(require(TINY_COCO)), "--split", "val",
                "--threads", "1", "--json", str(out), "--quiet"])
@@ -29,8 +32,10 @@ def test_published_ncnn_models_reach_reference_map(model_dir, param, expected_ma
         assert key in metrics
     assert metrics["num_images"] == 50 and metrics["backend"] == "ncnn"
     assert (metrics["score_thr"], metrics["iou_thr"], metrics["max_det"]) == (0.05, 0.6, 100)
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "mAP" in printed and "AP per class" in printed and f"{metrics['mAP']:.4f}" in printed
+    assert (captured.out + captured.err + caplog.text).count("50 images, ") == 1  # the dataset summary, once
 
 
 def _subset(tmp_path, count=12):

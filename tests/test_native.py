@@ -111,6 +111,18 @@ def compare(python_dets, native: list[dict], score_thr: float) -> dict:
     return {"n": len(py), "box": box_diff, "score": score_diff, "near_threshold": len(unmatched)}
 
 
+def test_cpp_coco_names_are_the_runtimes():
+    """The C++ library keeps its own copy of the 80 COCO names (no Python there): it must not drift."""
+    import re
+
+    from nanoplus.runtime.coco import COCO_CLASS_NAMES
+
+    source = (DEMO / "cpp" / "metadata.cpp").read_text()
+    body = source[source.index("coco_class_names()"):]
+    body = body[body.index("{", body.index("names")):body.index("};")]
+    assert tuple(re.findall(r'"([^"]*)"', body)) == COCO_CLASS_NAMES
+
+
 # ------------------------------------------------------------------------------------------------
 # building (slow; everything below skips until the program exists)
 # ------------------------------------------------------------------------------------------------

@@ -130,6 +130,23 @@ def test_boxes_to_original_reproduces_fixture(case):
         np.testing.assert_allclose(orig, arrays[f"pp_dets_orig_{i}"][:, :4], rtol=0, atol=1e-3)
 
 
+def test_boxes_to_original_diagonal_shortcut_equals_the_general_inverse():
+    """preprocess's matrices are diagonal, and boxes_to_original divides instead of inverting: the
+    same float32 boxes as the 3x3 inverse through the corners, for any scales; other matrices
+    still take the general path."""
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        src_hw = tuple(int(v) for v in rng.integers(1, 4000, 2))
+        matrix = get_warp_matrix(src_hw, tuple(int(v) for v in rng.integers(32, 1300, 2)), keep_ratio=bool(i % 2))
+        boxes = rng.uniform(-50, 1400, (7, 4)).astype(np.float32)
+        boxes[:, 2:] = boxes[:, :2] + rng.uniform(0, 400, (7, 2)).astype(np.float32)
+        np.testing.assert_array_equal(boxes_to_original(boxes, matrix, src_hw),
+                                      warp_boxes(boxes, np.linalg.inv(matrix), src_hw))
+    shifted = np.array([[0.5, 0, 10], [0, 0.5, 20], [0, 0, 1]])  # a translation: not the shortcut
+    np.testing.assert_allclose(boxes_to_original(np.array([[10, 30, 50, 70]], np.float32), shifted, (500, 500)),
+                               [[0, 20, 80, 100]])
+
+
 def test_boxes_to_original_inverts_letterbox_and_clips():
     matrix = get_warp_matrix((100, 200), (160, 160), keep_ratio=True)  # scale 0.8
     boxes = np.array([[8, 16, 80, 40], [150, 70, 170, 90]], np.float32)

@@ -34,8 +34,12 @@ def test_command_modules_import_nothing_heavy():
     result = _run("""
         import json, sys
         import nanoplus.runtime, nanoplus.runtime.eval_command, nanoplus.runtime.infer_command
-        print(json.dumps({m: m in sys.modules for m in ("torch", "numpy", "cv2", "onnxruntime", "openvino", "ncnn")}))
+        heavy = {m: m in sys.modules for m in ("torch", "numpy", "cv2", "onnxruntime", "openvino", "ncnn")}
+        from nanoplus.runtime import Detector  # the package-level name loads the runtime on first use
+        from nanoplus.runtime.detector import Detector as defined
+        print(json.dumps({**heavy, "same_detector": Detector is defined}))
     """)
+    assert result.pop("same_detector") is True
     assert result == {m: False for m in result}
 
 

@@ -244,17 +244,22 @@ json::Value summarize(std::vector<double> samples) {
     return out;
 }
 
+// Names in `folder` that start with `prefix`, sorted (none when the folder cannot be read).
+static std::vector<std::string> sorted_entries(const char* folder, const std::string& prefix) {
+    std::vector<std::string> names;
+    if (DIR* dir = opendir(folder)) {
+        while (dirent* entry = readdir(dir))
+            if (std::strncmp(entry->d_name, prefix.c_str(), prefix.size()) == 0) names.push_back(entry->d_name);
+        closedir(dir);
+    }
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
 bool cpu_temperature(double& celsius, std::string& source) {
     const int n_types = static_cast<int>(sizeof(kThermalTypes) / sizeof(kThermalTypes[0]));
     int best_rank = 1 << 30;
-    std::vector<std::string> zones;
-    if (DIR* dir = opendir("/sys/class/thermal")) {
-        while (dirent* entry = readdir(dir))
-            if (std::strncmp(entry->d_name, "thermal_zone", 12) == 0) zones.push_back(entry->d_name);
-        closedir(dir);
-    }
-    std::sort(zones.begin(), zones.end());
-    for (const std::string& zone : zones) {
+    for (const std::string& zone : sorted_entries("/sys/class/thermal", "thermal_zone")) {
         const std::string base = "/sys/class/thermal/" + zone;
         std::string kind = trim(read_small(base + "/type"));
         std::string value = trim(read_small(base + "/temp"));
@@ -268,14 +273,7 @@ bool cpu_temperature(double& celsius, std::string& source) {
         }
     }
     if (best_rank <= n_types) return true;
-    std::vector<std::string> hwmons;
-    if (DIR* dir = opendir("/sys/class/hwmon")) {
-        while (dirent* entry = readdir(dir))
-            if (std::strncmp(entry->d_name, "hwmon", 5) == 0) hwmons.push_back(entry->d_name);
-        closedir(dir);
-    }
-    std::sort(hwmons.begin(), hwmons.end());
-    for (const std::string& hw : hwmons) {
+    for (const std::string& hw : sorted_entries("/sys/class/hwmon", "hwmon")) {
         const std::string base = "/sys/class/hwmon/" + hw;
         std::string name = trim(read_small(base + "/name"));
         std::string value = trim(read_small(base + "/temp1_input"));

@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench.h"
@@ -383,12 +384,12 @@ json::Value case_result(const Case& c, const std::string& precision, bool keep_s
     model.set("num_classes", meta.num_classes());
     model.set("file_precision", meta.precision);
 
+    // the schema's stages, in its order, with this program's samples of each
+    const std::pair<const char*, const std::vector<double>*> stage_samples[] = {
+        {"model", &c.model}, {"preprocess", &c.pre}, {"inference", &c.inference},
+        {"postprocess", &c.post}, {"end_to_end", &c.end_to_end}};
     json::Value stages = json::Value::object();
-    stages.set("model", summarize(c.model));
-    stages.set("preprocess", summarize(c.pre));
-    stages.set("inference", summarize(c.inference));
-    stages.set("postprocess", summarize(c.post));
-    stages.set("end_to_end", summarize(c.end_to_end));
+    for (const auto& [name, samples] : stage_samples) stages.set(name, summarize(*samples));
     double overhead = (stages.find("preprocess")->find("p50_ms")->as_number() + stages.find("postprocess")->find("p50_ms")->as_number()) /
                       stages.find("model")->find("p50_ms")->as_number();
 
@@ -415,11 +416,7 @@ json::Value case_result(const Case& c, const std::string& precision, bool keep_s
     r.set("detections", c.detections);
     if (keep_samples) {
         json::Value samples = json::Value::object();
-        samples.set("model", samples_json(c.model));
-        samples.set("preprocess", samples_json(c.pre));
-        samples.set("inference", samples_json(c.inference));
-        samples.set("postprocess", samples_json(c.post));
-        samples.set("end_to_end", samples_json(c.end_to_end));
+        for (const auto& [name, values] : stage_samples) samples.set(name, samples_json(*values));
         r.set("samples_ms", samples);
     }
     json::Value notes = json::Value::array();
