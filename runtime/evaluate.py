@@ -1,7 +1,7 @@
 """COCO box evaluation with pycocotools, for every dataset format and every backend.
 
 ``evaluate_detections(dataset, predictions)`` scores detections against ``dataset.coco_gt`` (see
-``runtime/datasets.py``: a COCO source's own json, crowd regions included; YOLO / VOC converted).
+``runtime/datasets/``: a COCO source's own json, crowd regions included; YOLO / VOC converted).
 ``predictions`` is either a mapping ``image_id -> detections`` or a sequence aligned with
 ``dataset.records``; detections are ``(boxes (k, 4) x1y1x2y2 in original pixels, scores (k,),
 labels (k,) class indices)`` or any object with ``boxes``, ``scores`` and ``class_ids`` (the
