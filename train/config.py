@@ -6,6 +6,12 @@ another one with ``base: NAME_OR_PATH``; the command line overrides any key as
 Every key is checked against the dataclasses below: an unknown or misspelt key is an error that
 names it and suggests the closest valid key.
 
+Values are coerced by the dataclass field's type, in files and overrides alike: YAML 1.1 reads
+``1e-4`` (no dot) as a string, so a float field takes any text Python's ``float`` reads (``1e-4``,
+``1E-4``, ``.5``, ``5.``, ``-1e-3``), an int field any text ``int`` reads (``1_000``), a bool field
+only a YAML boolean. Leading-zero and ``1:30`` integers are not read as octal / base 60 (YAML 1.1
+would make ``010`` eight). A value that does not fit names the field, the type and an example.
+
 Sizes are always (height, width): ``data.input_hw``. Upstream NanoDet wrote [w, h] and some of
 its tools transposed non-square sizes; here there is only one order.
 """
@@ -14,7 +20,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,10 +175,38 @@ def builtin_config_names() -> list[str]:
     return sorted(p.stem for p in BUILTIN_CONFIG_DIR.glob("*.yaml"))
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML 1.1 safe loading, except that ``010`` and ``1:30`` stay text for the typed coercion
+    (as YAML 1.2 reads them) instead of becoming octal 8 and base-60 90."""
+
+
+_OCTAL_OR_BASE60 = re.compile(r"[-+]?0[0-7_]+|.*:.*")
+
+
+def _construct_int_or_text(loader: yaml.SafeLoader, node: yaml.ScalarNode):
+    if _OCTAL_OR_BASE60.fullmatch(node.value):
+        return node.value
+    return loader.construct_yaml_int(node)
+
+
+def _construct_float_or_text(loader: yaml.SafeLoader, node: yaml.ScalarNode):
+    if ":" in node.value:
+        return node.value
+    return loader.construct_yaml_float(node)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _construct_int_or_text)
+_ConfigLoader.add_constructor("tag:yaml.org,2002:float", _construct_float_or_text)
+
+
+def _parse_yaml(text_or_stream):
+    return yaml.load(text_or_stream, Loader=_ConfigLoader)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = _parse_yaml(f)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if data is None:
@@ -230,7 +266,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = _parse_yaml(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed
@@ -251,18 +287,76 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
+def _example(tp: Any, default: Any) -> str:
+    """A value of type ``tp`` as a user would type it: the field's default when it has one."""
+    if default is not None and default != []:
+        return yaml.safe_dump(default, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        return _example([a for a in args if a is not type(None)][0], None)
+    if origin is list:
+        return f"[{_example(args[0], None)}, {_example(args[0], None)}]" if args else "[a, b]"
+    return {bool: "true", int: "3", float: "1e-4", str: "name"}.get(tp, "...")
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:
+def _kind(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return "a list in brackets"
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(tp, str(tp))
+
+
+def _wrong(where: str, tp: Any, value: Any, example: str, hint: str = "") -> ConfigError:
+    return ConfigError(
+        f"'{where}' must be {_kind(tp)}, got {value!r} ({type(value).__name__}){hint}; "
+        f"e.g. {example}"
+    )
+
+
+def _to_int(value: Any) -> Optional[int]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return int(number) if number.is_integer() else None
+    return None
+
+
+def _to_float(value: Any) -> Optional[float]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _convert(value: Any, tp: Any, where: str, example: str) -> Any:
+    """``value`` as read from YAML, coerced to the field type ``tp`` (a ConfigError if it cannot be)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union:  # Optional[X]
         if value is None:
             return None
         non_none = [a for a in args if a is not type(None)]
-        return _convert(value, non_none[0], where)
+        return _convert(value, non_none[0], where, example)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"'{where}' must be a section (mapping), got {value!r}")
@@ -271,32 +365,42 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
-            raise ConfigError(f"'{where}' must be a list, got {value!r}")
-        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+            raise _wrong(where, tp, value, example)
+        return [_convert(v, args[0], f"{where}[{i}]", example) for i, v in enumerate(value)] if args else value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"'{where}' must be true or false, got {value!r}")
+        raise _wrong(where, tp, value, example)
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"'{where}' must be an integer, got {value!r}")
-        return value
+        number = _to_int(value)
+        if number is None:
+            raise _wrong(where, tp, value, example)
+        return number
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"'{where}' must be a number, got {value!r}")
-        return float(value)
+        number = _to_float(value)
+        if number is None:
+            raise _wrong(where, tp, value, example)
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"'{where}' must be a string, got {value!r}")
+            # YAML turned the text into a number or a boolean (``no`` is false); its spelling is lost.
+            raise _wrong(where, tp, value, example, "; put it in quotes")
         return value
     return value
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
 def _build(cls, raw: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in raw.items():
         where = f"{prefix}.{key}" if prefix else str(key)
@@ -304,7 +408,10 @@ def _build(cls, raw: dict, prefix: str = ""):
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{where}'{hint} (valid keys here: {', '.join(names)})")
-        kwargs[key] = _convert(value, hints[key], where)
+        example = ""
+        if not dataclasses.is_dataclass(hints[key]):
+            example = f"{where}={_example(hints[key], _field_default(fields[key]))}"
+        kwargs[key] = _convert(value, hints[key], where, example)
     return cls(**kwargs)
 
 
