@@ -23,7 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nanoplus.runtime.detector import Detector, read_image
+from nanoplus.runtime.detector import Detector
+from nanoplus.runtime.images import read_image
 from nanoplus.runtime.postprocess import postprocess, sigmoid
 from nanoplus.runtime.preprocess import boxes_to_original, preprocess
 

@@ -340,13 +340,14 @@ def run(args) -> int:
 
 
 def _dataset_images(dataset, count: int):
-    import cv2
+    from nanoplus.runtime.images import ImageReadError, read_image
 
     images = []
     for record in dataset.records[: max(count * 2, count)]:
-        img = cv2.imread(str(record.path), cv2.IMREAD_COLOR)
-        if img is not None:
-            images.append(img)
+        try:
+            images.append(read_image(record.path))
+        except ImageReadError:  # the dataset loader reported it already
+            pass
         if len(images) == count:
             break
     return images or None

@@ -40,6 +40,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from nanoplus.errors import NanoplusError
+from nanoplus.runtime.images import ImageReadError, read_image
 from nanoplus.runtime.metadata import ModelMeta
 
 # precision -> (max score difference, max bin difference)
@@ -101,7 +102,12 @@ def parity_images(source: Optional[str | os.PathLike] = None, count: int = 4, se
     if source is not None:
         folder = Path(source)
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        images = [img for img in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in files[:count]) if img is not None]
+        images = []
+        for path in files[:count]:
+            try:
+                images.append(read_image(path))
+            except ImageReadError:  # a stray non-image in the folder: the others are enough
+                continue
         if not images:
             raise ParityError(f"{folder}: no readable images for the parity check (.jpg/.png/...); "
                               "pass a folder of photos with --parity-images, or leave it out to use random images")
@@ -193,7 +199,6 @@ def check_file(
 
 def _torch_predictions(model, meta: ModelMeta, dataset, score_thr, iou_thr, max_det):
     """PyTorch deploy model -> detections per record, through the runtime's pre/post-processing."""
-    import cv2
     import torch
     from tqdm import tqdm
 
@@ -207,7 +212,7 @@ def _torch_predictions(model, meta: ModelMeta, dataset, score_thr, iou_thr, max_
     predictions = []
     with torch.no_grad():
         for record in tqdm(dataset.records, desc="eval pytorch", leave=False):
-            img = cv2.imread(str(record.path), cv2.IMREAD_COLOR)
+            img = read_image(record.path)
             blob, matrix = preprocess(img, fmeta)
             raw = model(torch.from_numpy(blob))[0].numpy()
             boxes, scores, labels = postprocess(raw, fmeta.input_hw, fmeta.strides, fmeta.reg_max,
@@ -217,7 +222,6 @@ def _torch_predictions(model, meta: ModelMeta, dataset, score_thr, iou_thr, max_
 
 
 def _file_predictions(path, dataset, score_thr, iou_thr, max_det, threads=None, label=""):
-    import cv2
     from tqdm import tqdm
 
     from nanoplus.runtime.detector import Detector
@@ -225,7 +229,7 @@ def _file_predictions(path, dataset, score_thr, iou_thr, max_det, threads=None, 
     detector = Detector(str(path), threads=threads, score_thr=score_thr, iou_thr=iou_thr, max_det=max_det)
     predictions = []
     for record in tqdm(dataset.records, desc=f"eval {label or Path(path).name}", leave=False):
-        img = cv2.imread(str(record.path), cv2.IMREAD_COLOR)
+        img = read_image(record.path)
         predictions.append(detector(img))
     return predictions
 

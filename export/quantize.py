@@ -34,14 +34,15 @@ class CalibrationBlobs:
         return len(self.paths)
 
     def __iter__(self):
-        import cv2
-
+        from nanoplus.runtime.images import ImageReadError, read_image
         from nanoplus.runtime.preprocess import preprocess
 
         for path in self.paths:
-            img = cv2.imread(path, cv2.IMREAD_COLOR)
-            if img is not None:  # unreadable files are reported by the dataset loader already
-                yield preprocess(img, self.meta)[0]
+            try:
+                img = read_image(path)
+            except ImageReadError:  # unreadable files are reported by the dataset loader already
+                continue
+            yield preprocess(img, self.meta)[0]
 
 
 def calibration_blobs(dataset, meta: ModelMeta, max_images: int, seed: int = 0) -> CalibrationBlobs:

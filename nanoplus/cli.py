@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except NanoplusError as e:
-        print(f"nanoplus {args.command}: error: {e}", file=sys.stderr)
+        # a file name that is not UTF-8 reaches here as surrogates: show its odd bytes as \xe9
+        message = str(e).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        print(f"nanoplus {args.command}: error: {message}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # an optional package this command needs (torch on a runtime-only install)
         extra = OPTIONAL_PACKAGES.get((e.name or "").split(".")[0])

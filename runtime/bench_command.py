@@ -212,19 +212,17 @@ def measure_models(args) -> dict:
 
 def load_image(path: Optional[str]):
     """The BGR image the end-to-end timings start from, and its description for the results."""
-    import cv2
     import numpy as np
 
     from nanoplus.runtime.bench import file_sha256
+    from nanoplus.runtime.images import read_image
 
     if path is None:
         image = synthetic_image()
         return image, {"source": "synthetic", "height": image.shape[0], "width": image.shape[1]}
     if not Path(path).is_file():
         raise BenchError(f"--image {path}: no such file")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise BenchError(f"--image {path}: OpenCV cannot decode this file; give a JPEG or PNG photo")
+    image = read_image(path)
     return np.ascontiguousarray(image), {"source": str(path), "sha256": file_sha256(path),
                                          "height": image.shape[0], "width": image.shape[1]}
 

@@ -1,7 +1,7 @@
 """``Detector``: a deployed NanoDet-Plus model as one callable, whatever engine runs it.
 
     det = Detector("model.onnx")                  # or .xml, .param (ncnn), a checkpoint, a folder
-    dets = det(cv2.imread("dog.jpg"))              # boxes in original pixels, scores, classes
+    dets = det("dog.jpg")                          # boxes in original pixels, scores, classes
 
 Stages (``bench`` times them separately): ``preprocess(img) -> (blob, M)``; ``infer(blob) -> raw``
 (N, C+32) in NC layout with sigmoid scores; ``postprocess(raw, M, src_hw) -> Detections``.
@@ -34,6 +34,7 @@ import numpy as np
 from nanoplus.errors import NanoplusError
 from nanoplus.runtime.backends import choose_backend, open_backend, resolve_model_path
 from nanoplus.runtime.coco import COCO_CLASS_NAMES
+from nanoplus.runtime.images import ImageReadError, read_image  # noqa: F401 (ImageReadError: part of this API)
 from nanoplus.runtime.metadata import MetadataError, ModelMeta, read_sidecar
 from nanoplus.runtime.postprocess import ModelOutputError, postprocess, sigmoid
 from nanoplus.runtime.preprocess import boxes_to_original, preprocess
@@ -41,19 +42,6 @@ from nanoplus.runtime.preprocess import boxes_to_original, preprocess
 log = logging.getLogger("nanoplus.detector")
 
 SCORE_ACTIVATION_ALIASES = {"sigmoid": "sigmoid", "none": "none", "logits": "none", "logit": "none"}
-
-
-class ImageReadError(NanoplusError, OSError):
-    """An image file that OpenCV cannot read."""
-
-
-def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
-    """BGR uint8 (h, w, 3); a clear error naming the file when it cannot be read."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        what = "no such file" if not Path(path).exists() else "not an image OpenCV can decode (truncated or another format)"
-        raise ImageReadError(f"{path}: cannot read this image ({what})")
-    return img
 
 
 @dataclass

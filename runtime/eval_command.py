@@ -67,7 +67,8 @@ def evaluate_model(detector, dataset, progress: bool = True) -> tuple[list, dict
     import numpy as np
     from tqdm import tqdm
 
-    from nanoplus.runtime.detector import Detections, ImageReadError, read_image
+    from nanoplus.runtime.detector import Detections
+    from nanoplus.runtime.images import ImageReadError, read_image
 
     predictions, unreadable = [], []
     start = time.perf_counter()

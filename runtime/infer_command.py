@@ -19,6 +19,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -150,7 +151,7 @@ def _list_images(folder: Path) -> list[Path]:
 
 def run_images(detector, paths: list[Path], save_dir, window, hide_scores, coco_category, single: bool) -> dict:
     """Detect on each image; returns {"images": [...], "coco": [...], "skipped": [...]}."""
-    from nanoplus.runtime.detector import ImageReadError, read_image
+    from nanoplus.runtime.images import ImageReadError, display_path, read_image
     from nanoplus.runtime.draw import draw_detections
 
     images, coco, skipped = [], [], []
@@ -160,15 +161,15 @@ def run_images(detector, paths: list[Path], save_dir, window, hide_scores, coco_
         except ImageReadError as e:
             if single:
                 raise
-            skipped.append(str(path))
+            skipped.append(display_path(path))
             print(f"[{k}/{len(paths)}] skipped: {e}", file=sys.stderr)
             continue
         start = time.perf_counter()
         dets = detector(img)
         ms = 1000.0 * (time.perf_counter() - start)
-        print(f"[{k}/{len(paths)}] {path.name} {img.shape[1]}x{img.shape[0]}: {dets.summary()} ({ms:.1f} ms)")
+        print(f"[{k}/{len(paths)}] {display_path(path.name)} {img.shape[1]}x{img.shape[0]}: {dets.summary()} ({ms:.1f} ms)")
         image_id = int(path.stem) if path.stem.isdigit() else k
-        images.append({"file": str(path), "image_id": image_id, "height": img.shape[0], "width": img.shape[1],
+        images.append({"file": display_path(path), "image_id": image_id, "height": img.shape[0], "width": img.shape[1],
                        "inference_ms": round(ms, 2), "detections": dets.to_list()})
         coco.extend(_coco_rows(image_id, dets, coco_category))
         if save_dir is not None or window.enabled:
@@ -187,16 +188,19 @@ def run_video(detector, source, name: str, save_dir, window, hide_scores, coco_c
 
     from nanoplus.errors import NanoplusError
     from nanoplus.runtime.draw import draw_detections
+    from nanoplus.runtime.images import display_path, opencv_path
 
-    capture = cv2.VideoCapture(source)
+    safe_names = contextlib.ExitStack()  # OpenCV-safe names for the video and the save folder, while they are used
+    capture = cv2.VideoCapture(source if isinstance(source, int) else safe_names.enter_context(opencv_path(source)))
     if not capture.isOpened():
-        what = f"camera {source}" if isinstance(source, int) else str(source)
+        safe_names.close()
+        what = f"camera {source}" if isinstance(source, int) else display_path(source)
         raise NanoplusError(f"{what}: cannot open this video source (missing file, unsupported codec, or no such camera)")
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     writer, out_path, tmp_path = None, None, None
     frames, coco, times = [], [], []
-    bar = tqdm(total=total if not isinstance(source, int) else None, desc=name, unit="frame", file=sys.stderr)
+    bar = tqdm(total=total if not isinstance(source, int) else None, desc=display_path(name), unit="frame", file=sys.stderr)
     try:
         index = 0
         while True:
@@ -213,9 +217,10 @@ def run_video(detector, source, name: str, save_dir, window, hide_scores, coco_c
                 if save_dir is not None:
                     if writer is None:
                         out_path = save_dir / f"{name}.mp4"
-                        tmp_path = save_dir / f".{name}.tmp.mp4"
-                        writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                                 (frame.shape[1], frame.shape[0]))
+                        tmp_name = f".nanoplus-{os.getpid()}.tmp.mp4"
+                        tmp_path = save_dir / tmp_name
+                        writer = cv2.VideoWriter(os.path.join(safe_names.enter_context(opencv_path(save_dir)), tmp_name),
+                                                 cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
                         if not writer.isOpened():
                             writer = None
                             raise NanoplusError(f"{out_path}: OpenCV cannot write mp4 video here (no mp4v "
@@ -231,15 +236,33 @@ def run_video(detector, source, name: str, save_dir, window, hide_scores, coco_c
         if writer is not None:
             writer.release()
             os.replace(tmp_path, out_path)
+        safe_names.close()
     count = sum(len(f["detections"]) for f in frames)
     mean_ms = sum(times) / len(times) if times else 0.0
-    print(f"{name}: {len(frames)} frames, {count} detections, {mean_ms:.1f} ms per frame"
-          + (f", saved {out_path}" if out_path else ""))
+    print(f"{display_path(name)}: {len(frames)} frames, {count} detections, {mean_ms:.1f} ms per frame"
+          + (f", saved {display_path(out_path)}" if out_path else ""))
     return {"frames": frames, "coco": coco, "skipped": []}
+
+
+def refuse_overwriting_inputs(inputs: list[Path], save_dir, output_names: list[str]) -> None:
+    """A clear error, before anything is written, when an annotated output would replace one of
+    the inputs (``--save-dir`` is the source folder): the user's photos are never overwritten."""
+    from nanoplus.errors import NanoplusError
+    from nanoplus.runtime.images import display_path
+
+    if save_dir is None:
+        return
+    for source, name in zip(inputs, output_names):
+        target = save_dir / name
+        if target.exists() and os.path.samefile(target, source):
+            raise NanoplusError(
+                f"--save-dir {display_path(save_dir)}: the annotated copy of {display_path(source.name)} would "
+                "overwrite the input itself; choose another --save-dir (or --no-save)")
 
 
 def run(args: argparse.Namespace) -> int:
     from nanoplus.errors import NanoplusError
+    from nanoplus.runtime.images import display_path
 
     detector = open_detector(args, multi_label=not args.single_label, score_thr=args.score_thr,
                              iou_thr=args.iou_thr, max_det=args.max_det)
@@ -256,11 +279,14 @@ def run(args: argparse.Namespace) -> int:
         if path.is_dir():
             paths = _list_images(path)
             if not paths:
-                raise NanoplusError(f"{path}: no images in this folder (.jpg, .png, .bmp, .tif, .webp, ...)")
+                raise NanoplusError(f"{display_path(path)}: no images in this folder (.jpg, .png, .bmp, .tif, .webp, ...)")
+            refuse_overwriting_inputs(paths, save_dir, [p.name for p in paths])
             result = run_images(detector, paths, save_dir, window, args.hide_scores, category, single=False)
         elif path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+            refuse_overwriting_inputs([path], save_dir, [f"{path.stem}.mp4"])
             result = run_video(detector, str(path), path.stem, save_dir, window, args.hide_scores, category)
         elif path.is_file():
+            refuse_overwriting_inputs([path], save_dir, [path.name])
             result = run_images(detector, [path], save_dir, window, args.hide_scores, category, single=True)
         elif source.isdigit():
             result = run_video(detector, int(source), f"camera{source}", save_dir, window, args.hide_scores, category)
@@ -283,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
             "skipped": result["skipped"],
         }
         write_json_atomic(save_dir / "detections.json", document)
-        print(f"saved to {save_dir}/ (detections.json and annotated files)")
+        print(f"saved to {display_path(save_dir)}/ (detections.json and annotated files)")
     if args.coco_json:
         write_json_atomic(Path(args.coco_json), result["coco"])
         print(f"wrote {args.coco_json} ({len(result['coco'])} detections, COCO results format)")

@@ -15,27 +15,14 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-import cv2
 import numpy as np
 import torch
 
-from nanoplus.errors import NanoplusError
+from nanoplus.runtime.images import read_image
 from nanoplus.runtime.metadata import ModelMeta
 from nanoplus.runtime.preprocess import preprocess
 from nanoplus.train.augment import augment, warp_boxes
 from nanoplus.train.config import AugmentConfig, Config
-
-
-class ImageReadError(NanoplusError, OSError):
-    """An image file of the dataset that OpenCV cannot read."""
-
-
-def read_image(path) -> np.ndarray:
-    """BGR uint8 (h, w, 3); a clear error naming the file when it cannot be read."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ImageReadError(f"{path}: cannot read this image (missing, truncated or not an image file)")
-    return img
 
 
 def meta_from_config(cfg: Config, class_names: Sequence[str]) -> ModelMeta:
