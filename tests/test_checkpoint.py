@@ -164,7 +164,7 @@ def test_upstream_checkpoint_and_state_dict(tmp_path, caplog):
     cfg = load_config("nanodet-plus-m_416", ["model.num_classes=3"])
     model = build_model(cfg.model, deploy=True)
     fresh_cls = model.head.gfl_cls[0].weight.detach().clone()
-    with caplog.at_level(logging.INFO, logger="nanoplus.train.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="nanoplus.train.weights"):
         load_upstream_weights(UPSTREAM_CASE / "upstream_ckpt.ckpt", model=model)
     assert torch.equal(model.head.gfl_cls[0].weight, fresh_cls)
     assert torch.equal(model.fpn.reduce_layers[0].conv.weight, state["fpn.reduce_layers.0.conv.weight"])

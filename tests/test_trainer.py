@@ -254,7 +254,7 @@ def test_batchnorm_calibration_of_unfolded_weights(tiny_data, tmp_path, one_thre
     import copy
 
     from nanoplus.train.model import build_model
-    from nanoplus.train.trainer import calibrate_batchnorm
+    from nanoplus.train.weights import calibrate_batchnorm
 
     torch.manual_seed(0)
     cfg = load_config("nanodet-plus-m_416", TINY)
@@ -334,7 +334,8 @@ def test_trainer_starts_from_imported_weights_at_published_accuracy(imported_ckp
     """--weights with deploy-only weights: the trainer's model, its EMA copy and its evaluation
     (runtime post-processing + pycocotools) give the reference pipeline's 0.372 on tiny_coco val."""
     from nanoplus.runtime.datasets import load_dataset
-    from nanoplus.train.trainer import Trainer, evaluate
+    from nanoplus.train.trainer import Trainer
+    from nanoplus.train.validate import evaluate
 
     val = load_dataset(require(TINY_COCO), "val", log=False)
     cfg = load_config("nanodet-plus-m_416", ["train.workers=0", "train.batch_size=8"])

@@ -23,6 +23,7 @@ from torch import nn
 
 from nanoplus.atomic import atomic_open
 from nanoplus.errors import NanoplusError
+from nanoplus.train.weights import fit_state_dict, load_state_dict_non_strict
 
 FORMAT = "nanoplus-checkpoint"
 FORMAT_VERSION = 1
@@ -165,12 +166,12 @@ def load_model_for_inference(path, allow_pickle: bool = False):
     weights = ckpt.get("ema") or ckpt["model"]
     weights = {k: v for k, v in weights.items() if not k.startswith(AUX_PREFIXES)}
     own = model.state_dict()
-    missing = [k for k in own if k not in weights and not k.endswith("num_batches_tracked")]
-    wrong = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
-    if missing or wrong:
-        what = f"missing {missing[:3]}" if missing else f"shape mismatch at {wrong[:3]}"
+    fit = fit_state_dict(own, weights)
+    if fit.missing_weights or fit.mismatched:
+        what = (f"missing {fit.missing_weights[:3]}" if fit.missing_weights
+                else f"shape mismatch at {[m[0] for m in fit.mismatched[:3]]}")
         raise CheckpointError(f"{path}: the weights do not fit the model its config describes ({what})")
-    model.load_state_dict({k: weights.get(k, own[k]) for k in own})
+    model.load_state_dict({**own, **fit.usable})
     model.eval()
     class_names = ckpt.get("class_names") or cfg.class_names or [f"class{i}" for i in range(cfg.model.num_classes)]
     return model, cfg, list(class_names)
@@ -215,32 +216,6 @@ def load_upstream_weights(path, allow_pickle: bool = False, model: Optional[nn.M
     if model is not None:
         load_state_dict_non_strict(model, state, str(path))
     return state
-
-
-def load_state_dict_non_strict(model: nn.Module, state: dict, source: str = "weights",
-                               logger: Callable[[str], None] = log.info) -> dict:
-    """Upstream's non-strict load: entries of another shape are skipped (the model keeps its own),
-    unknown names are dropped, absent entries keep their current values; each case is logged.
-
-    -> {"loaded": [...], "skipped": [...], "unexpected": [...], "missing": [...]}.
-    """
-    own = model.state_dict()
-    usable, skipped, unexpected = {}, [], []
-    for name, value in state.items():
-        if name not in own:
-            unexpected.append(name)
-        elif tuple(value.shape) != tuple(own[name].shape):
-            skipped.append(name)
-            logger(f"{source}: skip {name}: shape {list(value.shape)} in the file, {list(own[name].shape)} in the model")
-        else:
-            usable[name] = value
-    missing = [name for name in own if name not in state]
-    for name in unexpected:
-        logger(f"{source}: drop {name}: the model has no such entry")
-    for name in missing:
-        logger(f"{source}: no {name} in the file; the model keeps its current value")
-    model.load_state_dict(usable, strict=False)
-    return {"loaded": list(usable), "skipped": skipped, "unexpected": unexpected, "missing": missing}
 
 
 # ------------------------------------------------------------------------------------------------

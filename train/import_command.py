@@ -133,25 +133,21 @@ def _import_ncnn(source: Path, args, cfg, label: str):
 def _import_upstream(source: Path, args, cfg):
     from nanoplus.train.checkpoint import load_upstream_weights
     from nanoplus.train.model import build_model
+    from nanoplus.train.weights import fit_state_dict, has_aux_entries
 
     weights = load_upstream_weights(source, allow_pickle=args.allow_pickle)
-    has_aux = any(k.startswith(("aux_fpn.", "aux_head.")) for k in weights)
+    has_aux = has_aux_entries(weights)
     model = build_model(cfg.model, deploy=not has_aux, load_pretrained=False)
     own = model.state_dict()
-
-    unknown = [k for k in weights if k not in own]
-    mismatched = [
-        (k, tuple(weights[k].shape), tuple(own[k].shape))
-        for k in weights if k in own and tuple(weights[k].shape) != tuple(own[k].shape)
-    ]
+    fit = fit_state_dict(own, weights)
     # Counters such as num_batches_tracked do not change what the model computes.
-    missing = [k for k in own if k not in weights and not k.endswith("num_batches_tracked")]
-    if (mismatched or missing) and not args.partial:
+    missing = fit.missing_weights
+    if (fit.mismatched or missing) and not args.partial:
         parts = []
-        if mismatched:
-            k, theirs, ours = mismatched[0]
+        if fit.mismatched:
+            k, theirs, ours = fit.mismatched[0]
             parts.append(
-                f"{len(mismatched)} tensor(s) have another shape, first {k}: {list(theirs)} in the file, "
+                f"{len(fit.mismatched)} tensor(s) have another shape, first {k}: {list(theirs)} in the file, "
                 f"{list(ours)} for config {cfg.name}"
                 + (" (a different model.num_classes?)" if k.startswith(("head.gfl_cls", "aux_head.gfl")) else "")
             )
@@ -162,20 +158,20 @@ def _import_upstream(source: Path, args, cfg):
             + ". Choose the config the weights were trained with, or pass --partial to keep fresh weights "
             "for those tensors (for fine-tuning)"
         )
-    loaded = 0
-    for k, v in weights.items():
-        if k in own and tuple(v.shape) == tuple(own[k].shape):
-            own[k] = v.detach().to(own[k].dtype).clone()
-            loaded += 1
+    for k, v in fit.usable.items():
+        own[k] = v.detach().to(own[k].dtype).clone()
+    loaded = len(fit.usable)
     model.load_state_dict(own)  # strict: the result must be a complete state dict of our model
     kind = "Lightning checkpoint" if source.suffix == ".ckpt" else "state dict"
     lines = [f"imported upstream {kind} {source}: {loaded} tensors loaded"
              + ("" if has_aux else " (deploy-only: no aux_* entries, training re-creates the aux branch)")]
-    if unknown:
-        lines.append(f"  skipped {len(unknown)} entries our model does not have: {', '.join(unknown[:6])}{' ...' if len(unknown) > 6 else ''}")
-    if mismatched:
-        lines.append(f"  kept fresh weights for {len(mismatched)} tensors of another shape: "
-                     + ", ".join(f"{k} {list(t)}->{list(o)}" for k, t, o in mismatched[:4]) + (" ..." if len(mismatched) > 4 else ""))
+    if fit.unexpected:
+        lines.append(f"  skipped {len(fit.unexpected)} entries our model does not have: "
+                     f"{', '.join(fit.unexpected[:6])}{' ...' if len(fit.unexpected) > 6 else ''}")
+    if fit.mismatched:
+        lines.append(f"  kept fresh weights for {len(fit.mismatched)} tensors of another shape: "
+                     + ", ".join(f"{k} {list(t)}->{list(o)}" for k, t, o in fit.mismatched[:4])
+                     + (" ..." if len(fit.mismatched) > 4 else ""))
     if missing:
         lines.append(f"  kept fresh weights for {len(missing)} tensors absent from the file: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
     return model.state_dict(), lines

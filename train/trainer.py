@@ -13,348 +13,41 @@ start, exactly as the uninterrupted run would have run it: the sampler order dep
 (seed, epoch) and every sample's augmentation on (seed, epoch, index), and the learning rate and
 EMA ramp are functions of (epoch, global step).
 
-Evaluation reuses the runtime: ``postprocess`` (decode + NMS, the project's one implementation),
-``boxes_to_original`` and ``evaluate_detections`` (pycocotools).
+The parts around the loop have their own modules: ``weights`` (``--weights``, BatchNorm
+calibration), ``optimizer`` (freezing, AdamW), ``schedule`` (learning rate), ``ema``,
+``validate`` (detections -> COCO mAP through the runtime), ``run_log`` (CSV / JSON / curves),
+``rng_state`` and ``checkpoint``.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
-import random
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from nanoplus.atomic import write_text_atomic
-from nanoplus.errors import NanoplusError
 from nanoplus.train import distributed as du
 from nanoplus.train.config import Config, save_config
 from nanoplus.train.dataset import DetectionDataset, collate, meta_from_config
 from nanoplus.train.ema import ModelEMA
+from nanoplus.train.errors import TrainError
+from nanoplus.train.optimizer import apply_freeze, build_optimizer, set_train_mode
+from nanoplus.train.rng_state import capture_rng_state, restore_rng_state
+from nanoplus.train.run_log import LOSS_KEYS, RunLog, plain
 from nanoplus.train.schedule import build as build_schedule
+from nanoplus.train.validate import evaluate
+from nanoplus.train.weights import calibrate_batchnorm, start_from_weights
+
+__all__ = ["STOP_AFTER_STEPS_ENV", "TrainError", "Trainer"]
 
 # Testing aid, and a way to bound a run: stop (as Ctrl-C would) once this many optimiser steps
 # have been taken in total. The run then resumes from its last checkpoint.
 STOP_AFTER_STEPS_ENV = "NANOPLUS_STOP_AFTER_STEPS"
-
-LOSS_KEYS = ("loss", "loss_qfl", "loss_bbox", "loss_dfl", "loss_aux_qfl", "loss_aux_bbox", "loss_aux_dfl")
-STEP_FIELDS = ("step", "epoch", "lr") + LOSS_KEYS + ("num_pos", "grad_norm")
-
-
-class TrainError(NanoplusError):
-    """A training set-up the trainer refuses; the message says which field or option to change."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Parameters: freezing, optimiser
-
-
-def apply_freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
-    """requires_grad=False for parameters whose name starts with one of ``prefixes``.
-
-    Returns the frozen parameter names. A prefix that matches nothing is an error (a typo would
-    otherwise silently train everything).
-    """
-    frozen = []
-    for prefix in prefixes:
-        matched = [n for n, _ in model.named_parameters() if _matches(n, prefix)]
-        if not matched:
-            top = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
-            raise TrainError(
-                f"train.freeze: prefix '{prefix}' matches no parameter; parameter names start with "
-                f"{', '.join(top)} (e.g. train.freeze=[backbone] or [backbone.stage2])"
-            )
-        frozen += matched
-    for name, p in model.named_parameters():
-        if name in frozen:
-            p.requires_grad_(False)
-    return frozen
-
-
-def _matches(name: str, prefix: str) -> bool:
-    prefix = prefix.rstrip(".")
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def set_train_mode(model: nn.Module, frozen_prefixes: Sequence[str], freeze_bn: bool = False) -> None:
-    """model.train(), but frozen parts stay in eval mode: their BatchNorm keeps its statistics.
-
-    freeze_bn: every BatchNorm normalises with its running statistics and leaves them unchanged
-    (its scale and shift still train) — for fine-tuning with small batches.
-    """
-    model.train()
-    for name, module in model.named_modules():
-        if name and any(_matches(name, p) for p in frozen_prefixes):
-            module.eval()
-        elif freeze_bn and isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-
-
-def build_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters with one weight decay for all of them.
-
-    Upstream NanoDet-Plus m_416 decays every parameter (its optimiser builder can exempt norms,
-    but the published config does not ask for it), and so does this.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise TrainError("every parameter is frozen (train.freeze); nothing would be trained")
-    return torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-
-
-# ------------------------------------------------------------------------------------------------
-# RNG state (stored in checkpoints as plain tensors / numbers / lists)
-
-
-def capture_rng_state() -> dict:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Optional[dict]) -> None:
-    if not state:
-        return
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ------------------------------------------------------------------------------------------------
-# Weights
-
-
-def load_weights_into(model: nn.Module, state: dict, source: str, log: Callable = print) -> dict:
-    """Load ``state`` by name, non-strictly (``checkpoint.load_state_dict_non_strict``: entries of
-    another shape are skipped, unknown ones dropped), and say so in a few lines rather than one
-    per entry. Returns that function's report (loaded / skipped / unexpected / missing)."""
-    from nanoplus.train.checkpoint import load_state_dict_non_strict
-
-    report = load_state_dict_non_strict(model, state, source, logger=lambda _msg: None)
-
-    def some(names):
-        return ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
-
-    if report["skipped"]:
-        log(f"weights {source}: {len(report['skipped'])} entries have another shape and keep their fresh "
-            f"initialisation (e.g. another class count): {some(report['skipped'])}")
-    if report["unexpected"]:
-        log(f"weights {source}: {len(report['unexpected'])} entries unknown to this model were ignored: "
-            f"{some(report['unexpected'])}")
-    deploy_missing = [m for m in report["missing"] if not m.startswith(("aux_fpn.", "aux_head."))]
-    if deploy_missing:
-        log(f"weights {source}: {len(deploy_missing)} deploy entries are not in the file and keep their "
-            f"initialisation: {some(deploy_missing)}")
-    return report
-
-
-def read_weights_file(path: str) -> tuple[dict, Optional[list]]:
-    """(state_dict, class_names or None) from a nanoplus checkpoint (EMA weights preferred) or an
-    upstream NanoDet .ckpt / .pth."""
-    from nanoplus.train import checkpoint as ckpt_lib
-
-    if not Path(path).is_file():
-        raise TrainError(f"--weights {path}: no such file")
-    try:
-        ckpt = ckpt_lib.load_checkpoint(path)
-    except NanoplusError:
-        return ckpt_lib.load_upstream_weights(path), None
-    state = ckpt.get("ema") or ckpt["model"]
-    return state, ckpt.get("class_names")
-
-
-def init_aux_from_main(model: nn.Module) -> None:
-    """aux_fpn <- a copy of fpn, as upstream builds the model (aux_head keeps its initialisation)."""
-    aux_fpn = getattr(model, "aux_fpn", None)
-    if aux_fpn is None:
-        return
-    aux_fpn.load_state_dict(model.fpn.state_dict())
-
-
-def _is_unfolded(bn: nn.Module) -> bool:
-    return bool(torch.all(bn.running_mean == 0)) and bool(torch.all(bn.running_var == 1))
-
-
-@torch.no_grad()
-def calibrate_batchnorm(model: nn.Module, loader, device: torch.device, max_images: int = 256,
-                        only_unfolded: bool = True) -> int:
-    """Re-estimate BatchNorm statistics on real data without changing the eval-mode function.
-
-    Weights taken from a deployed model (NCNN, ONNX) had BatchNorm folded into the convolutions;
-    un-folded, each BN holds running_mean 0 / running_var 1 and the eval output is right, but in
-    train mode BN normalises with the batch's statistics, which are nothing like (0, 1): the first
-    training steps would compute a different network and wreck it. For each such layer (all
-    layers with ``only_unfolded=False``) the input's per-channel mean m and variance v are measured
-    over ``max_images`` images in eval mode, then
-
-        gamma' = gamma * sqrt(v + eps) / sqrt(rv + eps),  beta' = beta + gamma * (m - rm) / sqrt(rv + eps),
-        running_mean = m, running_var = v
-
-    which leaves the eval output unchanged and makes train-mode BN (batch statistics ~ m, v) compute
-    (almost) the same function. Statistics are summed over all ranks. Returns the number of layers.
-    """
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-              and m.track_running_stats and (not only_unfolded or _is_unfolded(m))]
-    if not layers:
-        return 0
-    sums = {bn: None for bn in layers}
-
-    def hook(bn, inputs):
-        z = inputs[0].detach().double().transpose(0, 1).flatten(1)  # (C, N*H*W)
-        part = torch.stack([torch.full_like(z[:, 0], z.shape[1]), z.sum(1), (z * z).sum(1)])
-        sums[bn] = part if sums[bn] is None else sums[bn] + part
-
-    handles = [bn.register_forward_pre_hook(hook) for bn in layers]
-    was_training = model.training
-    model.eval()
-    seen = 0
-    try:
-        for batch in loader:
-            images = batch["images"].to(device)
-            feats = model.backbone(images)
-            model.head(model.fpn(feats))
-            if getattr(model, "aux_fpn", None) is not None:
-                model.aux_fpn(feats)
-            seen += images.shape[0] * du.world_size()
-            if seen >= max_images:
-                break
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    for bn in layers:
-        part = du.all_reduce_sum(sums[bn])
-        count, total, total_sq = part[0], part[1], part[2]
-        mean = total / count
-        var = (total_sq / count - mean * mean).clamp(min=0)
-        old_std = (bn.running_var.double() + bn.eps).sqrt()
-        if bn.affine:
-            gamma = bn.weight.detach().double()
-            bn.bias.copy_((bn.bias.double() + gamma * (mean - bn.running_mean.double()) / old_std).to(bn.bias.dtype))
-            bn.weight.copy_((gamma * (var + bn.eps).sqrt() / old_std).to(bn.weight.dtype))
-        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
-        bn.running_var.copy_(var.to(bn.running_var.dtype))
-    return len(layers)
-
-
-# ------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader, meta, eval_cfg, device: torch.device, amp: bool = False) -> dict:
-    """Detections per dataset index: {index: (boxes (k, 4) original pixels, scores (k,), labels (k,))}.
-
-    ``model`` is run in eval mode; decoding and NMS are the runtime's ``postprocess``.
-    """
-    from nanoplus.runtime.postprocess import postprocess
-    from nanoplus.runtime.preprocess import boxes_to_original
-
-    was_training = model.training
-    model.eval()
-    results = {}
-    for batch in loader:
-        images = batch["images"].to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
-            raw = model(images)
-        raw = raw.float().cpu().numpy()
-        input_hw = tuple(images.shape[-2:])
-        for i in range(raw.shape[0]):
-            boxes, scores, labels = postprocess(
-                raw[i], input_hw, meta.strides, meta.reg_max, eval_cfg.score_thr, eval_cfg.iou_thr,
-                eval_cfg.max_det, scores_are_sigmoid=False,
-            )
-            src_hw = tuple(int(v) for v in batch["src_hw"][i])
-            boxes = boxes_to_original(boxes, batch["warp_matrix"][i].numpy(), src_hw)
-            results[int(batch["index"][i])] = (
-                np.asarray(boxes, np.float32), np.asarray(scores, np.float32), np.asarray(labels, np.int64)
-            )
-    model.train(was_training)
-    return results
-
-
-def evaluate(model: nn.Module, val_set, val_loader, meta, eval_cfg, device, amp=False) -> Optional[dict]:
-    """COCO metrics of ``model`` on ``val_set`` (the runtime dataset). Every rank predicts its
-    shard; rank 0 gathers and scores, the others get None."""
-    from nanoplus.runtime.evaluate import evaluate_detections
-
-    local = predict(model, val_loader, meta, eval_cfg, device, amp)
-    shards = du.all_gather_objects(local)
-    if du.rank() != 0:
-        return None
-    merged = {}
-    for shard in shards:
-        merged.update(shard)
-    predictions = [merged.get(i, _empty_detections()) for i in range(len(val_set.records))]
-    return evaluate_detections(val_set, predictions)
-
-
-def _empty_detections():
-    return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64)
-
-
-def _plain(obj):
-    """numpy scalars / arrays -> Python numbers and lists (checkpoints load with weights_only)."""
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-# ------------------------------------------------------------------------------------------------
-# Logs
-
-
-def _csv_text(rows: list[dict], keys: Optional[Sequence[str]] = None) -> str:
-    if keys is None:
-        keys = []
-        for row in rows:
-            keys += [k for k in row if k not in keys and not isinstance(row[k], (dict, list))]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
-    return buf.getvalue()
-
-
-def read_csv_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _num(v):
-    if v in ("", None):
-        return None
-    try:
-        f = float(v)
-    except ValueError:
-        return v
-    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
-
-
-# ------------------------------------------------------------------------------------------------
-# The trainer
 
 
 class _ForwardTrain(nn.Module):
@@ -473,26 +166,9 @@ class Trainer:
             model.load_state_dict(ckpt["model"])
             self.assign_from_main_until = int(ckpt.get("assign_from_main_until") or 0)
         elif self.weights:
-            state, weight_names = read_weights_file(self.weights)
-            load_weights_into(model, state, self.weights, self.log)
-            if weight_names and list(weight_names) != self.class_names and len(weight_names) == len(self.class_names):
-                first = next(i for i, (a, b) in enumerate(zip(weight_names, self.class_names)) if a != b)
-                self.log(f"weights {self.weights}: class {first} is '{weight_names[first]}' there and "
-                         f"'{self.class_names[first]}' in the data (classes are matched by index)")
-            has_aux_module = any(n.startswith(("aux_fpn.", "aux_head.")) for n in model.state_dict())
-            has_aux_weights = any(k.startswith(("aux_fpn.", "aux_head.")) for k in state)
-            if has_aux_module and not has_aux_weights:
-                init_aux_from_main(model)
-                if self.aux_init == "main-assign":
-                    self.assign_from_main_until = (
-                        self.aux_warmup_epochs if self.aux_warmup_epochs is not None else cfg.train.epochs
-                    )
-                self.log(
-                    f"weights {self.weights}: deploy-only (no aux branch): aux_fpn starts as a copy of fpn, "
-                    f"aux_head fresh; "
-                    + (f"labels are assigned from the main head for {self.assign_from_main_until} epoch(s)"
-                       if self.assign_from_main_until else "labels are assigned from the aux head")
-                )
+            self.assign_from_main_until = start_from_weights(
+                model, self.weights, self.class_names, self.aux_init, self.aux_warmup_epochs,
+                cfg.train.epochs, self.log)
 
         meta = meta_from_config(cfg, self.class_names)
         self.meta = meta
@@ -532,19 +208,7 @@ class Trainer:
         self.start_epoch, self.global_step, self.best_map = 0, 0, None
         self.history: list[dict] = []
         if ckpt is not None:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.schedule.load_state_dict(ckpt.get("scheduler") or {})
-            if ckpt.get("scaler") and self.amp:
-                self.scaler.load_state_dict(ckpt["scaler"])
-            if self.ema is not None and ckpt.get("ema") is not None:
-                self.ema.load_state_dict(ckpt["ema"])
-            self.start_epoch = int(ckpt["epoch"])
-            self.global_step = int(ckpt["global_step"])
-            self.best_map = ckpt.get("best_map")
-            self.history = list(ckpt.get("history") or [])
-            restore_rng_state(ckpt.get("rng"))
-            self.log(f"resumed {self.resume}: epoch {self.start_epoch}/{cfg.train.epochs} done, "
-                     f"global step {self.global_step}, best mAP {self.best_map}")
+            self._restore_training_state(ckpt)
 
         self.train_model = model
         if self.dist.distributed:
@@ -555,6 +219,22 @@ class Trainer:
                 # (the box losses are then a zero that keeps the graph; tests/test_distributed.py).
                 find_unused_parameters=False,
             )
+
+    def _restore_training_state(self, ckpt: dict) -> None:
+        """Optimiser, schedule, scaler, EMA, counters, history and RNG from a ``last.ckpt``."""
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt.get("scheduler") or {})
+        if ckpt.get("scaler") and self.amp:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.best_map = ckpt.get("best_map")
+        self.history = list(ckpt.get("history") or [])
+        restore_rng_state(ckpt.get("rng"))
+        self.log(f"resumed {self.resume}: epoch {self.start_epoch}/{self.cfg.train.epochs} done, "
+                 f"global step {self.global_step}, best mAP {self.best_map}")
 
     # -- one epoch -------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int, stop_after: Optional[int], step_log) -> dict:
@@ -666,19 +346,6 @@ class Trainer:
         ckpt_lib.save_checkpoint(path, **fields)
         return path
 
-    # -- logs ----------------------------------------------------------------------------------------
-    def _write_logs(self, step_rows: list[dict]) -> None:
-        write_text_atomic(self.out_dir / "results.csv", _csv_text(self.history))
-        write_text_atomic(self.out_dir / "results.json", json.dumps(
-            {"run": self.run_info, "class_names": self.class_names, "best_map": self.best_map,
-             "epochs": self.history}, indent=1, default=float))
-        try:
-            from nanoplus.train.plots import plot_curves
-
-            plot_curves(step_rows, self.history, self.out_dir / "curves.png")
-        except ImportError:  # matplotlib is optional for a run (pip install 'nanoplus[train]')
-            pass
-
     # -- the run ---------------------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train to ``cfg.train.epochs``; returns the last epoch's row (losses, lr, metrics)."""
@@ -688,20 +355,16 @@ class Trainer:
         stop_env = os.environ.get(STOP_AFTER_STEPS_ENV)
         stop_after = int(stop_env) if stop_env else None
 
-        steps_path = self.out_dir / "steps.csv"
-        step_rows: list[dict] = []
+        run_log = None
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
-            # keep the step log of the completed epochs only (an interrupted epoch is run again)
-            if self.resume:
-                step_rows = [r for r in read_csv_rows(steps_path) if r["step"] < self.global_step]
-            write_text_atomic(steps_path, _csv_text(step_rows, STEP_FIELDS))
+            run_log = RunLog(self.out_dir, self.global_step if self.resume else None)
             self.history = [h for h in self.history if h["epoch"] <= self.start_epoch]
 
         def step_log(row: dict) -> None:
-            if main:
-                step_rows.append(row)
+            if run_log is not None:
+                run_log.add_step(row)
 
         previous_sigterm = None
         if threading_main():
@@ -712,7 +375,6 @@ class Trainer:
                 self.log(f"nothing to do: {self.start_epoch} of {cfg.train.epochs} epochs are done")
             for epoch in range(self.start_epoch, cfg.train.epochs):
                 t0 = time.time()
-                n_before = len(step_rows)
                 row = {"epoch": epoch + 1, **self._train_epoch(epoch, stop_after, step_log)}
                 row["time_s"] = round(time.time() - t0, 2)
                 self.log(f"epoch {epoch + 1}/{cfg.train.epochs}: " + " ".join(
@@ -732,7 +394,7 @@ class Trainer:
                     self.log(f"epoch {epoch + 1}: mAP {row['mAP']:.4f}  AP50 {row.get('AP50', float('nan')):.4f}"
                              f"  (best {self.best_map:.4f}; {'EMA' if self.ema is not None else 'model'} weights)\n"
                              + format_metrics(metrics))
-                    row["per_class"] = _plain(metrics.get("per_class"))
+                    row["per_class"] = plain(metrics.get("per_class"))
                 else:
                     improved = False
                 row["best_map"] = self.best_map
@@ -742,10 +404,7 @@ class Trainer:
                     self._save("last.ckpt", fields)
                     if improved:
                         self._save("best.ckpt", fields)
-                    with open(steps_path, "a", encoding="utf-8", newline="") as f:
-                        writer = csv.DictWriter(f, fieldnames=STEP_FIELDS, extrasaction="ignore")
-                        writer.writerows(step_rows[n_before:])
-                    self._write_logs(step_rows)
+                    run_log.write_epoch(self.history, self.run_info, self.class_names, self.best_map)
                 du.barrier()
                 last_row = row
         except KeyboardInterrupt:
