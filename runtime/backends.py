@@ -36,7 +36,8 @@ class ModelFileError(NanoplusError, OSError):
     """A model file that is missing, unreadable or not a model of the expected format."""
 
 
-def _import_engine(backend: str, model_path) -> object:
+def import_engine(backend: str, model_path) -> object:
+    """The engine's Python module; not installed: an error naming ``model_path`` and the extra to install."""
     module, extra = ENGINES[backend]
     try:
         return __import__(module)
@@ -122,7 +123,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, path: Path, threads: Optional[int] = None, precision: Optional[str] = None):
-        ort = _import_engine("onnxruntime", path)
+        ort = import_engine("onnxruntime", path)
         if precision not in (None, "auto", "fp32"):
             raise NanoplusError(f"onnxruntime computes in the precision the file stores (its CPU engine has no "
                                 f"{precision} mode); got precision '{precision}': use fp32 or auto, or OpenVINO for "
@@ -159,7 +160,7 @@ class OpenVinoBackend:
     PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 
     def __init__(self, path: Path, threads: Optional[int] = None, precision: Optional[str] = None):
-        ov = _import_engine("openvino", path)
+        ov = import_engine("openvino", path)
         precision = precision or "fp32"
         if precision not in self.PRECISION_HINTS and precision != "auto":
             raise NanoplusError(f"OpenVINO precision must be one of fp32, fp16, bf16, auto; got '{precision}'")
@@ -245,7 +246,7 @@ class NcnnBackend:
 
     def __init__(self, path: Path, threads: Optional[int] = None, precision: Optional[str] = None,
                  input_name: Optional[str] = None, output_name: Optional[str] = None):
-        ncnn = _import_engine("ncnn", path)
+        ncnn = import_engine("ncnn", path)
         self._ncnn = ncnn
         precision = precision or "auto"
         if precision not in ("auto", "fp32"):
@@ -298,7 +299,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, path: Path, threads: Optional[int] = None, precision: Optional[str] = None):
-        torch = _import_engine("torch", path)
+        torch = import_engine("torch", path)
         try:
             from nanoplus.train.checkpoint import load_model_for_inference
             from nanoplus.train.dataset import meta_from_config

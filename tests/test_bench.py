@@ -22,8 +22,9 @@ import pytest
 from conftest import IMAGES, NCNN_FP16_DIR, REPO_ROOT, require
 
 from nanoplus.cli import main
-from nanoplus.runtime import bench
-from nanoplus.runtime.bench_command import build_rows, load_document, render_text, validation_problem
+from nanoplus.runtime import bench, bench_machine, bench_results
+from nanoplus.runtime.bench_report import build_rows, render_text
+from nanoplus.runtime.bench_results import load_document, validation_problem
 from nanoplus.runtime.metadata import ModelMeta
 
 SCHEMA = Path(bench.__file__).with_name("bench_schema.json")
@@ -89,7 +90,7 @@ IMAGE = np.zeros((48, 64, 3), np.uint8)
 # statistics
 # ---------------------------------------------------------------------------------------------
 def test_summarize_matches_hand_computed_values():
-    s = bench.summarize([4.0, 1.0, 3.0, 2.0])
+    s = bench_results.summarize([4.0, 1.0, 3.0, 2.0])
     assert s["n"] == 4 and s["min_ms"] == 1.0 and s["max_ms"] == 4.0
     assert s["p50_ms"] == pytest.approx(2.5)
     assert s["p90_ms"] == pytest.approx(3.7)   # sorted index 0.9 * 3 = 2.7 -> 3 + 0.7 * (4 - 3)
@@ -97,16 +98,16 @@ def test_summarize_matches_hand_computed_values():
     assert s["mean_ms"] == pytest.approx(2.5)
     assert s["std_ms"] == pytest.approx(math.sqrt(5 / 3))  # sum of squared deviations 5, n - 1 = 3
     assert s["throughput_fps"] == pytest.approx(400.0)
-    one = bench.summarize([7.5])
+    one = bench_results.summarize([7.5])
     assert one["p99_ms"] == 7.5 and one["std_ms"] == 0.0
     with pytest.raises(ValueError):
-        bench.summarize([])
+        bench_results.summarize([])
 
 
 def test_summarize_matches_the_statistics_module_on_skewed_samples():
     rng = np.random.default_rng(0)
     samples = list(5.0 + rng.lognormal(0.0, 0.8, size=537))  # a long right tail, like real latencies
-    s = bench.summarize(samples)
+    s = bench_results.summarize(samples)
     q = statistics.quantiles(samples, n=100, method="inclusive")  # q[k-1] = k-th percentile, linear
     assert s["p50_ms"] == pytest.approx(statistics.median(samples))
     assert s["p90_ms"] == pytest.approx(q[89])
@@ -118,11 +119,11 @@ def test_summarize_matches_the_statistics_module_on_skewed_samples():
 
 def test_overhead_ratio_and_drift():
     stages = {"model": {"p50_ms": 20.0}, "preprocess": {"p50_ms": 0.6}, "postprocess": {"p50_ms": 0.4}}
-    assert bench.overhead_ratio(stages) == pytest.approx(0.05)
-    assert bench.overhead_ratio({"model": {"p50_ms": 20.0}}) is None  # a model-only result
+    assert bench_results.overhead_ratio(stages) == pytest.approx(0.05)
+    assert bench_results.overhead_ratio({"model": {"p50_ms": 20.0}}) is None  # a model-only result
     windows = [{"model_p50_ms": 10.0}, {"model_p50_ms": 11.0}, {"model_p50_ms": 12.5}]
-    assert bench.drift(windows, "model_p50_ms") == pytest.approx(0.25)
-    assert bench.drift(windows[:1], "model_p50_ms") is None
+    assert bench_results.drift(windows, "model_p50_ms") == pytest.approx(0.25)
+    assert bench_results.drift(windows[:1], "model_p50_ms") is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def test_cases_are_interleaved_round_robin_and_samples_land_in_their_case():
     assert b.samples_ms["preprocess"] == pytest.approx([2.0] * 3)
     assert b.samples_ms["end_to_end"] == pytest.approx([2.0 + 19.0 + 0.25, 2.0 + 20.0 + 0.25, 2.0 + 23.0 + 0.25])
 
-    result = bench.case_result(a, record)
+    result = bench_results.case_result(a, record)
     assert result["stages"]["model"]["p50_ms"] == pytest.approx(10.0)
     assert result["stages"]["end_to_end"]["mean_ms"] == pytest.approx(1.5 + (11 + 12 + 8) / 3)
     assert result["overhead_ratio"] == pytest.approx(1.5 / 10.0)
@@ -184,7 +185,7 @@ def test_warmup_mean_excludes_the_first_call():
     case = fake_case("A", clock, log, [100.0, 10.0, 12.0, 5.0], pre_ms=0.0, post_ms=0.0)
     record = bench.measure([case], IMAGE, warmup=3, runs=1, clock=clock, read_temperature=lambda: None,
                            progress=False)
-    warm = bench.case_result(case, record)["warmup"]
+    warm = bench_results.case_result(case, record)["warmup"]
     assert warm["first_ms"] == pytest.approx(100.0) and warm["mean_ms"] == pytest.approx(11.0)
 
 
@@ -206,7 +207,7 @@ def test_sustained_windows_report_medians_temperature_and_drift():
     temperatures = iter([40.0, 50.0, 60.0, 70.0])
     record = bench.measure([case], IMAGE, warmup=1, seconds=1.0, window_s=0.4, clock=clock,
                            read_temperature=lambda: next(temperatures), progress=False)
-    sustained = bench.case_result(case, record)["sustained"]
+    sustained = bench_results.case_result(case, record)["sustained"]
     # rounds start at 0, 0.2, 0.4, 0.64, 0.88 s and the run ends at 1.18 s: windows [0, .4) [.4, .8) [.8, 1.18]
     assert record.round_start_s == pytest.approx([0.0, 0.2, 0.4, 0.64, 0.88])
     assert record.duration_s == pytest.approx(1.18)
@@ -252,13 +253,13 @@ def test_measure_refuses_bad_settings():
 # the machine record
 # ---------------------------------------------------------------------------------------------
 def test_cpu_temperature_prefers_the_cpu_zone(tmp_path):
-    assert bench.cpu_temperature(str(tmp_path)) == (None, None)
+    assert bench_machine.cpu_temperature(str(tmp_path)) == (None, None)
     for i, (kind, milli) in enumerate([("acpitz", "30000"), ("cpu-thermal", "61234"), ("gpu-thermal", "70000")]):
         zone = tmp_path / "sys/class/thermal" / f"thermal_zone{i}"
         zone.mkdir(parents=True)
         (zone / "type").write_text(kind + "\n")
         (zone / "temp").write_text(milli + "\n")
-    celsius, source = bench.cpu_temperature(str(tmp_path))
+    celsius, source = bench_machine.cpu_temperature(str(tmp_path))
     assert celsius == pytest.approx(61.234) and "cpu-thermal" in source
 
 
@@ -268,16 +269,16 @@ def test_cpu_model_and_board_from_a_raspberry_pi_layout(tmp_path):
         "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\n"
         "CPU part\t: 0xd08\n\nHardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n")
     (tmp_path / "proc/device-tree/model").write_text("Raspberry Pi 4 Model B Rev 1.4\x00")
-    assert bench.cpu_model(str(tmp_path)) == "BCM2835"
-    assert bench.device_model(str(tmp_path)) == "Raspberry Pi 4 Model B Rev 1.4"
-    assert bench._cpu_flags(str(tmp_path)) == ["asimd"]
+    assert bench_machine.cpu_model(str(tmp_path)) == "BCM2835"
+    assert bench_machine.device_model(str(tmp_path)) == "Raspberry Pi 4 Model B Rev 1.4"
+    assert bench_machine._cpu_flags(str(tmp_path)) == ["asimd"]
 
 
 def test_machine_info_records_versions_threads_env_and_cores(monkeypatch):
     import cv2
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    info = bench.machine_info("lab box")
+    info = bench_machine.machine_info("lab box")
     assert info["label"] == "lab box"
     assert info["env"]["OMP_NUM_THREADS"] == "3"
     assert info["software"]["numpy"] == np.__version__ and info["software"]["opencv"] == cv2.__version__
@@ -301,8 +302,8 @@ def fake_document(clock=None, label="fake machine", precisions=("fp32", "fp32"),
     fast_case = fake_case("m", clock, log, [10.0], precision=precisions[1], backend="onnxruntime")
     record = bench.measure([torch_case, fast_case], IMAGE, warmup=2, runs=3, clock=clock, progress=False,
                            read_temperature=lambda: 45.0, window_s=0.05 if sustained else None)
-    machine = bench.machine_info(label)
-    return bench.build_document([torch_case, fast_case], record, machine,
+    machine = bench_machine.machine_info(label)
+    return bench_results.build_document([torch_case, fast_case], record, machine,
                                 {"warmup": 2, "runs": 3, "image": {"source": "synthetic", "height": 48, "width": 64}},
                                 command="nanoplus bench m.ckpt m.onnx")
 
@@ -476,10 +477,51 @@ def test_a_checkpoint_without_torch_is_a_clear_error(monkeypatch, capsys, tmp_pa
     ckpt = tmp_path / "m.ckpt"
     ckpt.write_bytes(b"not read: the engine is missing first")
     monkeypatch.setitem(sys.modules, "torch", None)  # "import torch" now raises ImportError
-    monkeypatch.setattr(bench, "_torch_default_threads", None)
     assert main(["bench", str(ckpt), "--runs", "1", "--warmup", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "torch" in err and 'pip install "nanoplus[train]"' in err and "Traceback" not in err
+
+
+def test_torch_cases_get_their_own_thread_count_before_each_iteration():
+    """Thread counts live on the cases, not in the module: interleaved torch cases with a count and
+    with torch's default each get theirs."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    before = torch.get_num_threads()
+    backend = SimpleNamespace(name="torch")
+    one = bench.Case(model_path="m.ckpt", backend="torch", threads=1, imgsz=None,
+                     detector=SimpleNamespace(backend=backend))
+    default = bench.Case(model_path="m.ckpt", backend="torch", threads=None, imgsz=None,
+                         detector=SimpleNamespace(backend=backend), default_threads=2)
+    try:
+        bench.apply_threads(one)
+        assert torch.get_num_threads() == 1
+        bench.apply_threads(default)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_opening_a_torch_case_leaves_torch_threads_as_they_were(tmp_path):
+    """A case opened with 1 thread must not become the 'default' of a torch case opened after it."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from nanoplus.train.checkpoint import save_checkpoint
+    from nanoplus.train.config import load_config
+    from nanoplus.train.model import build_model
+
+    cfg = load_config("nanodet-plus-m_416", ["model.num_classes=2", "data.input_hw=[64,64]"])
+    cfg.class_names = ["a", "b"]
+    ckpt = tmp_path / "m.ckpt"
+    save_checkpoint(ckpt, config=cfg.to_dict(), class_names=cfg.class_names,
+                    model=build_model(cfg.model, deploy=True, load_pretrained=False).state_dict())
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    try:
+        one = bench.open_case(bench.Case(model_path=str(ckpt), backend="torch", threads=wanted, imgsz=None))
+        assert torch.get_num_threads() == before
+        default = bench.open_case(bench.Case(model_path=str(ckpt), backend="torch", threads=None, imgsz=None))
+        assert one.default_threads == default.default_threads == before
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_models_pair_with_the_listed_backends_that_read_them(tmp_path):
