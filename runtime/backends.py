@@ -7,9 +7,15 @@ Every backend has ``name``, ``version`` (of the engine), ``precision`` (what it 
 (C+32, N)); the caller's to keep, or with ``keep=False`` possibly a view of the engine's own output
 buffer, valid until the next ``run`` (OpenVINO then skips a 1.6 MB copy at 416). Each engine is imported only when a model is opened with it, so an edge
 install needs just one of them; torch is imported only by the torch backend.
+
+Threads: one backend object may be shared by any number of threads. ONNX Runtime's session and a
+torch model in inference mode take concurrent calls; ncnn makes a fresh extractor per call from the
+shared net; OpenVINO keeps one infer request per thread (a request runs one inference at a time).
+``keep=False`` outputs are per thread: valid until the same thread's next ``run``.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -186,7 +192,10 @@ class OpenVinoBackend:
             compiled = core.compile_model(model, "CPU", config)
         except Exception as e:
             raise ModelFileError(f"{path}: OpenVINO cannot compile this model for the CPU ({e})") from None
-        self.request = compiled.create_infer_request()
+        self.compiled = compiled
+        # An infer request runs one inference at a time ("Infer Request is busy" from a second
+        # thread): each thread gets its own, made on its first call, all sharing the compiled model.
+        self._requests = threading.local()
         # report what the plugin actually computes in (its own default is bf16 on CPUs that have it)
         hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.precision = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}.get(hint, hint)
@@ -205,10 +214,18 @@ class OpenVinoBackend:
                 continue
         return None
 
+    @property
+    def request(self):
+        """This thread's infer request."""
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        return request
+
     def run(self, blob: np.ndarray, keep: bool = True) -> np.ndarray:
         if self._input_type is not None and blob.dtype != self._input_type:
             blob = blob.astype(self._input_type)
-        # share_outputs=False: a fresh array that the next request cannot overwrite
+        # share_outputs=False: a fresh array that this thread's next run cannot overwrite
         out = self.request.infer({0: blob}, share_inputs=True, share_outputs=not keep)[0]
         return out[0] if out.ndim == 3 else out
 

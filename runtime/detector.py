@@ -28,13 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import cv2
 import numpy as np
 
 from nanoplus.errors import NanoplusError
 from nanoplus.runtime.backends import choose_backend, open_backend, resolve_model_path
 from nanoplus.runtime.coco import COCO_CLASS_NAMES
-from nanoplus.runtime.images import ImageReadError, read_image  # noqa: F401 (ImageReadError: part of this API)
+from nanoplus.runtime.images import ImageReadError, as_bgr_uint8, read_image  # noqa: F401 (ImageReadError: part of this API)
 from nanoplus.runtime.metadata import MetadataError, ModelMeta, read_sidecar
 from nanoplus.runtime.postprocess import ModelOutputError, postprocess, sigmoid
 from nanoplus.runtime.preprocess import boxes_to_original, preprocess
@@ -132,6 +131,11 @@ class Detector:
     Foreign-model flags (override what the file says or what is detected): input_size (416 or
     (H, W)), class_names (list or names file), layout ("NC" | "CN"), score_activation ("sigmoid" |
     "none"/"logits"), input_name / output_name (ncnn blobs), strides, reg_max.
+
+    Threads: one Detector may be shared by several threads, with every backend; calls run
+    concurrently (OpenVINO: one infer request per thread) and each gets its own image's
+    Detections. ``infer`` returns an array the caller owns. Changing attributes (thresholds,
+    ``meta``) while other threads call it is not guarded.
     """
 
     def __init__(
@@ -262,9 +266,10 @@ class Detector:
             output = self.backend.run(blob, keep=keep)
         except NanoplusError:
             raise
-        except Exception as e:  # an engine refusing the input: wrong size or name
-            raise ModelOutputError(f"{self.model_path}: the model failed to run on a {blob.shape} input ({e}); "
-                                   "check --input-size") from None
+        except Exception as e:  # an engine refusing the input: most often a wrong size
+            hint = ("check --input-size" if self.backend.input_hw is None or tuple(self.backend.input_hw) != blob.shape[2:]
+                    else "the input's size matches the file, so the engine itself failed: please report it")
+            raise ModelOutputError(f"{self.model_path}: the model failed to run on a {blob.shape} input ({e}); {hint}") from None
         output = np.asarray(output)
         while output.ndim > 2 and output.shape[0] == 1:
             output = output[0]
@@ -275,8 +280,9 @@ class Detector:
 
     # -- the three stages ------------------------------------------------------------------------
     def preprocess(self, img_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(h, w, 3) BGR uint8 -> (blob (1, 3, H, W), M (3, 3) original->input)."""
-        return preprocess(img_bgr, self.meta)
+        """(h, w, 3) BGR uint8 (or grey, BGRA, uint16: see ``images.as_bgr_uint8``) ->
+        (blob (1, 3, H, W), M (3, 3) original->input)."""
+        return preprocess(as_bgr_uint8(img_bgr), self.meta)
 
     def _run_nc(self, blob: np.ndarray, keep: bool = True) -> np.ndarray:
         """The engine's output as an (N, C+32) array (a transposed view for CN models), scores as
@@ -324,8 +330,10 @@ class Detector:
         return self._detections(boxes, scores, labels, matrix, src_hw)
 
     def __call__(self, image: Union[np.ndarray, str, os.PathLike]) -> Detections:
-        """An image (BGR uint8 array, or a path) -> Detections."""
-        img = read_image(image) if isinstance(image, (str, os.PathLike)) else image
+        """An image (BGR uint8 (h, w, 3) array, or a path) -> Detections. Grey (h, w) / (h, w, 1),
+        BGRA and uint16 arrays are converted; any other shape or dtype is an ``ImageArrayError``
+        saying what is expected (see ``images.as_bgr_uint8``)."""
+        img = read_image(image) if isinstance(image, (str, os.PathLike, bytes)) else as_bgr_uint8(image)
         blob, matrix = self.preprocess(img)
         # the raw output is decoded into new arrays before the next run: no copy of it is needed
         raw = self._run_nc(blob, keep=False)

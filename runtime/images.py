@@ -32,6 +32,10 @@ class ImageReadError(NanoplusError, OSError):
     """An image file that cannot be read or decoded; the message names the file and why."""
 
 
+class ImageArrayError(NanoplusError, ValueError):
+    """An image array of a shape or dtype without one obvious meaning; the message says what is expected."""
+
+
 def display_path(path: Union[str, os.PathLike, bytes]) -> str:
     """A path as text that can always be printed (bytes that are not UTF-8 shown as \\xe9)."""
     raw = os.fsencode(path)
@@ -95,3 +99,44 @@ def opencv_path(path: Union[str, os.PathLike]) -> Iterator[str]:
         yield link
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+IMAGE_EXPECTED = ("a BGR image as OpenCV gives it: a numpy array (height, width, 3) of uint8; also accepted: "
+                  "grey (height, width) or (height, width, 1), BGRA (height, width, 4), and uint16 (scaled to 8 bits)")
+
+
+def as_bgr_uint8(image, name: str = "image") -> np.ndarray:
+    """Any image array with one obvious meaning -> BGR uint8 (h, w, 3); an ``ImageArrayError``
+    saying what is expected for the rest.
+
+    Accepted: uint8 or uint16 (h, w), (h, w, 1) grey, (h, w, 3) BGR, (h, w, 4) BGRA. uint16 is
+    scaled to 8 bits by v / 257, rounded (65535 -> 255; an 8-bit value stored as 16 bits, v * 257,
+    comes back exactly). Refused: other
+    dtypes (float: is it 0..1 or 0..255?; signed or wider integers; bool), (h, w, 2), channels
+    first (3, h, w), a batch (n, h, w, 3), an empty image.
+    """
+    import cv2
+
+    if not isinstance(image, np.ndarray):
+        raise ImageArrayError(f"{name}: got a {type(image).__name__}; expected {IMAGE_EXPECTED}")
+    shape, dtype = tuple(image.shape), image.dtype
+    got = f"got shape {shape} {dtype}"
+    if image.ndim == 4:
+        raise ImageArrayError(f"{name}: {got}, a batch; pass one image at a time; expected {IMAGE_EXPECTED}")
+    if image.ndim == 3 and shape[2] not in (1, 3, 4):
+        hint = (" (channels first? use image.transpose(1, 2, 0))" if shape[0] in (1, 3, 4) else "")
+        raise ImageArrayError(f"{name}: {got}{hint}; expected {IMAGE_EXPECTED}")
+    if image.ndim not in (2, 3):
+        raise ImageArrayError(f"{name}: {got}; expected {IMAGE_EXPECTED}")
+    if image.size == 0:
+        raise ImageArrayError(f"{name}: {got}, an empty image; expected {IMAGE_EXPECTED}")
+    if dtype == np.uint16:
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif dtype != np.uint8:
+        hint = (" (a float image in 0..1: (image * 255).round().astype(np.uint8))" if dtype.kind == "f" else "")
+        raise ImageArrayError(f"{name}: {got}{hint}; expected {IMAGE_EXPECTED}")
+    if image.ndim == 2 or shape[2] == 1:
+        return cv2.cvtColor(np.ascontiguousarray(image.reshape(shape[:2])), cv2.COLOR_GRAY2BGR)
+    if shape[2] == 4:
+        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGRA2BGR)
+    return np.ascontiguousarray(image)  # a flipped or cropped view: the warp wants rows in order

@@ -220,8 +220,9 @@ def test_small_helpers():
 
 
 # -- synthetic ONNX models: embedded metadata, onnxruntime and OpenVINO ----------------------------------
-def _synthetic_onnx(path, hw=(64, 96), num_classes=3, meta=True, layout="NC", output_shape=None, seed=0):
-    """A tiny ONNX graph whose output is a fixed tensor plus 0 * mean(input): known output, any backend."""
+def _synthetic_onnx(path, hw=(64, 96), num_classes=3, meta=True, layout="NC", output_shape=None, seed=0, gain=0.0):
+    """A tiny ONNX graph whose output is a fixed tensor plus gain * mean(input): known output, any
+    backend (gain 0: the same output for every image)."""
     onnx = require_module("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -240,7 +241,7 @@ def _synthetic_onnx(path, hw=(64, 96), num_classes=3, meta=True, layout="NC", ou
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, *hw])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(shape))],
-        initializer=[numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+        initializer=[numpy_helper.from_array(np.full(1, gain, np.float32), "zero"),
                      numpy_helper.from_array(np.array([1] * len(shape), np.int64), "shape"),
                      numpy_helper.from_array(const, "const")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
