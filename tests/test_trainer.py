@@ -142,13 +142,15 @@ def test_short_run_writes_everything(tiny_data, tmp_path, one_thread):
     assert not hasattr(model, "aux_fpn") and names == ["circle", "square", "triangle"]
 
 
-def test_interrupted_run_resumes_exactly(tiny_data, tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("schedule", [[], ["train.schedule=upstream", "train.warmup_steps=6"]],
+                         ids=["cosine", "upstream"])
+def test_interrupted_run_resumes_exactly(tiny_data, tmp_path, monkeypatch, one_thread, schedule):
     """Stopped mid-epoch 2, resumed: the same steps, rates, losses and final weights as a run
-    that was never interrupted."""
+    that was never interrupted (upstream's schedule: warm-up into epoch 2, rate kept in the optimiser)."""
     from nanoplus.train.checkpoint import load_checkpoint
     from nanoplus.train.trainer import STOP_AFTER_STEPS_ENV
 
-    overrides = ["train.epochs=3"]
+    overrides = ["train.epochs=3"] + schedule
     full = tmp_path / "full"
     make_trainer(tiny_data, full, overrides).fit()
 
@@ -163,6 +165,10 @@ def test_interrupted_run_resumes_exactly(tiny_data, tmp_path, monkeypatch, one_t
 
     a, b = read_steps(full / "steps.csv"), read_steps(cut / "steps.csv")
     assert [(r["step"], r["epoch"], r["lr"]) for r in a] == [(r["step"], r["epoch"], r["lr"]) for r in b]
+    if schedule:  # lr 0.002, min 5e-5, 3 epochs: warm-up to step 6, then lr; epoch 3 at (1 + cos(2pi/3)) / (1 + cos(pi/3))
+        lrs = [float(r["lr"]) for r in a]
+        assert lrs[6:8] == pytest.approx([0.002, 0.002])
+        assert lrs[8:] == pytest.approx([5e-5 + (0.002 - 5e-5) * 0.5 / 1.5] * 4)
     for ra, rb in zip(a, b):
         assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5, abs=1e-6)
     ca, cb = load_checkpoint(full / "last.ckpt"), load_checkpoint(cut / "last.ckpt")

@@ -32,6 +32,7 @@ import yaml
 
 from nanoplus.atomic import atomic_open
 from nanoplus.errors import NanoplusError
+from nanoplus.train.schedule import SCHEDULES, WARMUPS
 
 BUILTIN_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -138,7 +139,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 500
     warmup_ratio: float = 1e-4  # lr starts at lr * warmup_ratio
+    warmup: str = "linear"  # linear | exp | constant (upstream's warm-up names)
     min_lr: float = 5e-5  # cosine annealing floor
+    schedule: str = "cosine"  # cosine (closed form) | upstream (exactly upstream's recursive one); train/schedule.py
     grad_clip: float = 35.0  # max gradient norm; 0 disables
     ema_decay: float = 0.9998  # 0 disables EMA
     val_interval: int = 10  # epochs between evaluations
@@ -449,6 +452,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.mean and data.std need 3 values each (B, G, R), std > 0")
     if cfg.train.batch_size < 1 or cfg.train.epochs < 1:
         raise ConfigError("train.batch_size and train.epochs must be >= 1")
+    for key, allowed in (("schedule", SCHEDULES), ("warmup", WARMUPS)):
+        value = getattr(cfg.train, key)
+        if value not in allowed:
+            raise ConfigError(f"train.{key} must be one of {', '.join(allowed)}, got '{value}'; "
+                              f"e.g. train.{key}={allowed[0]}")
     return cfg
 
 
