@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         parser = build_parser()
         parser.parse_args(argv)  # --help, --version, or a clear error for an unknown command
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)  # no command given: a usage error, as argparse would say it
+        return 2
     # Intermixed parsing lets positionals and key=value overrides follow options in any order
     # (`nanoplus import SRC --out X model.num_classes=3`).
     args = build_command_parser(argv[0]).parse_intermixed_args(argv[1:])
@@ -95,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if extra == "train" and args.command == "export":
             extra = "export"
-        hint = " (the CPU build: pip install torch==2.13.0 first)" if extra in ("train", "export") else ""
+        from nanoplus.install import install_hint
+
         print(f"nanoplus {args.command}: error: this command needs the '{e.name}' package, which is not installed; "
-              f"install it with: pip install \"nanoplus[{extra}]\"{hint}", file=sys.stderr)
+              f"install it with: {install_hint(extra)}", file=sys.stderr)
         return 2
 
 

@@ -48,9 +48,11 @@ def import_engine(backend: str, model_path) -> object:
     try:
         return __import__(module)
     except ImportError as e:
+        from nanoplus.install import install_hint
+
         raise BackendUnavailableError(
             f"{model_path}: the {backend} backend needs the '{module}' package, which is not installed "
-            f"({e}); install it with: pip install \"nanoplus[{extra}]\""
+            f"({e}); install it with: {install_hint(extra)}"
         ) from None
 
 

@@ -279,7 +279,12 @@ def run(args: argparse.Namespace) -> int:
         if path.is_dir():
             paths = _list_images(path)
             if not paths:
-                raise NanoplusError(f"{display_path(path)}: no images in this folder (.jpg, .png, .bmp, .tif, .webp, ...)")
+                subfolders = sorted(p.name for p in path.iterdir() if p.is_dir())
+                raise NanoplusError(
+                    f"{display_path(path)}: no images in this folder (.jpg, .png, .bmp, .tif, .webp, ...)"
+                    + (f"; sub-folders are not searched — it has {len(subfolders)}: "
+                       f"{', '.join(display_path(n) for n in subfolders[:5])}{', ...' if len(subfolders) > 5 else ''}; "
+                       f"pass one of them, e.g. {display_path(path / subfolders[0])}" if subfolders else ""))
             refuse_overwriting_inputs(paths, save_dir, [p.name for p in paths])
             result = run_images(detector, paths, save_dir, window, args.hide_scores, category, single=False)
         elif path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:

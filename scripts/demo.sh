@@ -12,14 +12,14 @@ RUN=runs/demo
 n=2
 while [ -e "$RUN" ]; do RUN=runs/demo$n; n=$((n + 1)); done
 
-python3 -m pip install -q "torch==2.13.0"   # the CPU wheel; an unpinned torch pulls a CUDA build
-python3 -m pip install -q -e ".[all]"
+. scripts/env.sh   # outside a virtual environment: makes and reuses .venv here (PEP 668 safe)
+install_nanoplus all
 
-python3 -m nanoplus.train.synthetic runs/synthetic
-python3 -m nanoplus train --config nanodet-plus-m_320 --data runs/synthetic --out "$RUN" \
+"$PY" -m nanoplus.train.synthetic runs/synthetic
+"$PY" -m nanoplus train --config nanodet-plus-m_320 --data runs/synthetic --out "$RUN" \
     model.num_classes=3 "data.input_hw=[192,256]" train.epochs="$EPOCHS" train.batch_size=16 \
     train.lr=0.002 train.warmup_steps=30 train.val_interval=2 train.workers=1
-python3 -m nanoplus eval "$RUN/best.ckpt" --data runs/synthetic --split val --json "$RUN/eval.json"
-python3 -m nanoplus export "$RUN/best.ckpt" --format all --out-dir "$RUN/export" --threads 1
-python3 -m nanoplus infer "$RUN/export/best.onnx" runs/synthetic/val --save-dir "$RUN/detections" --score-thr 0.35
+"$PY" -m nanoplus eval "$RUN/best.ckpt" --data runs/synthetic --split val --json "$RUN/eval.json"
+"$PY" -m nanoplus export "$RUN/best.ckpt" --format all --out-dir "$RUN/export" --threads 1
+"$PY" -m nanoplus infer "$RUN/export/best.onnx" runs/synthetic/val --save-dir "$RUN/detections" --score-thr 0.35
 echo "done: curves in $RUN/curves.png, metrics in $RUN/eval.json, exported models in $RUN/export, pictures in $RUN/detections"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install nanoplus with every extra (torch: the CPU wheel, pinned so pip never pulls a CUDA build)
-# and run the default test suite.
+# Install nanoplus with every extra at the locked versions (requirements/lock.txt) and run the default
+# test suite (what CI runs: .ci/run). Outside a virtual environment it makes and reuses .venv here
+# (scripts/env.sh). Arguments go to pytest: bash scripts/test.sh -m slow -k export
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q "torch==2.13.0"
-python3 -m pip install -q -e ".[dev]"
-python3 -m pytest -q "$@"
+. scripts/env.sh
+install_nanoplus dev
+"$PY" -m pytest -q "$@"

@@ -298,6 +298,9 @@ def test_cli_stop_and_resume(tiny_data, tmp_path):
            *TINY, "train.epochs=2"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert first.returncode == 130, first.stderr[-2000:]
+    # the start-up lines come before the first step: where it writes, the data, the plan
+    start = first.stdout.splitlines()
+    assert start[0] == f"run folder: {out}" and start[1].startswith("train: dataset ") and "plan:  2 epochs x" in start[3]
     assert f"--resume {out}" in first.stdout + first.stderr
     env.pop("NANOPLUS_STOP_AFTER_STEPS")
     second = subprocess.run([sys.executable, "-m", "nanoplus", "train", "--resume", str(out), "--no-progress"],

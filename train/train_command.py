@@ -25,11 +25,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from nanoplus.train.config import builtin_config_names
+
     parser.add_argument("--config", default="nanodet-plus-m_416", metavar="NAME_OR_YAML",
-                        help="built-in config name or YAML file (default: nanodet-plus-m_416)")
+                        help="built-in config name or YAML file (default: nanodet-plus-m_416); built-in: "
+                             + ", ".join(builtin_config_names()) + " (a YAML file may start from one with 'base: NAME')")
     parser.add_argument("--data", metavar="DATA",
                         help="dataset: COCO folder or json, YOLO data YAML, VOC folder")
     parser.add_argument("--train-split", default="train", help="split to train on (default: train)")
@@ -94,6 +98,44 @@ def _new_run_dir(out: str | None, name: str) -> Path:
     return base.parent / f"{base.name}{i}"
 
 
+def _check_weights_path(weights: str) -> None:
+    """--weights must be a file; a config name there means the user wants published weights."""
+    from nanoplus.train.config import builtin_config_names
+    from nanoplus.train.trainer import TrainError
+
+    if Path(weights).is_file():
+        return
+    if weights in builtin_config_names():
+        raise TrainError(
+            f"--weights {weights}: no such file. Weights are not downloaded: '{weights}' is a config name. "
+            "Turn published weights into a checkpoint first, e.g. "
+            f"nanoplus import nanodet-plus-m_416.param --config {weights} --out {weights}.ckpt "
+            f"(or an upstream .ckpt/.pth), then pass --weights {weights}.ckpt")
+    raise TrainError(f"--weights {weights}: no such file; give a nanoplus checkpoint (from 'nanoplus train' or "
+                     "'nanoplus import') or an upstream .ckpt/.pth")
+
+
+def _print_start(out_dir: Path, resumed: Optional[Path], cfg, train_set, val_set) -> None:
+    """What the run will do, before the first step: where it writes, on what data, how long."""
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    per_rank_batch = max(1, cfg.train.batch_size // world)
+    per_rank_images = -(-len(train_set.records) // world)
+    steps_per_epoch = max(1, per_rank_images // per_rank_batch) if per_rank_images >= per_rank_batch else 1
+    total_steps = steps_per_epoch * cfg.train.epochs
+    print(f"run folder: {out_dir}" + (f" (resuming {resumed})" if resumed else ""))
+    print(f"train: {train_set.summary()}")
+    print(f"val:   {val_set.summary()}" if val_set is not None else "val:   none (--no-val: no best.ckpt)")
+    print(f"plan:  {cfg.train.epochs} epochs x {steps_per_epoch} steps (batch {cfg.train.batch_size}) = "
+          f"{total_steps} steps, input {cfg.data.input_hw[0]}x{cfg.data.input_hw[1]} (h x w), "
+          f"lr {cfg.train.lr:g}, warm-up {cfg.train.warmup_steps} steps"
+          + (f", evaluation every {cfg.train.val_interval} epochs and after the last" if val_set is not None else ""))
+    if cfg.train.warmup_steps >= total_steps:
+        print(f"warning: train.warmup_steps={cfg.train.warmup_steps} is not shorter than the whole run "
+              f"({total_steps} steps): the learning rate never reaches train.lr={cfg.train.lr:g}; "
+              f"set e.g. train.warmup_steps={max(1, total_steps // 10)}", file=sys.stderr)
+    sys.stdout.flush()
+
+
 def _load_split(data: str, split: str):
     from nanoplus.runtime.datasets import load_dataset
 
@@ -127,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.data:
             raise TrainError("--data is required (a COCO folder/json, a YOLO data YAML or a VOC folder)")
         cfg = load_config(args.config, args.overrides)
+        if args.weights:
+            _check_weights_path(args.weights)
         data = args.data
         run_info = {
             "data": data, "train_split": args.train_split, "val_data": args.val_data or None,
@@ -156,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
                 f"({len(val_set.class_names)} vs {len(names)}); both must list the same classes in the same order"
             )
 
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_start(out_dir, resume_path, cfg, train_set, val_set)
     trainer = Trainer(
         cfg, train_set.records, val_set, out_dir,
         device=args.device,

@@ -61,6 +61,19 @@ class _ForwardTrain(nn.Module):
         return self.model.forward_train(images, gt_bboxes, gt_labels, epoch)
 
 
+def loader_workers(requested: int) -> int:
+    """Data loader processes: ``requested``, or for -1 one per CPU core this process may use.
+
+    (A fixed 4 made PyTorch warn twice a run on 2-core machines, and oversubscribes them.)
+    """
+    if requested >= 0:
+        return requested
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class Trainer:
     """Trains ``cfg`` on ``train_records`` and evaluates on ``val_set``, writing into ``out_dir``.
 
@@ -105,7 +118,7 @@ class Trainer:
         self.aux_warmup_epochs = aux_warmup_epochs
         self.calibrate_images = int(calibrate_images)
         self.freeze_bn = bool(freeze_bn)
-        self.workers = cfg.train.workers if workers is None else workers
+        self.workers = loader_workers(cfg.train.workers if workers is None else workers)
         self.progress = progress
         self.run_info = dict(run_info or {})
         self._log = log
