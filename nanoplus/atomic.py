@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import IO, Iterator, Union
@@ -58,3 +59,39 @@ def write_json_atomic(path: PathLike, document, indent: int | None = 1) -> Path:
     with atomic_open(path) as f:
         json.dump(document, f, indent=indent)
     return Path(path)
+
+
+# the temporary name atomic_open gives: .{target name}.{pid}.{8 hex}{suffix}
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?P<suffix>\.[^.]+)$")
+
+
+def remove_stale_temp_files(folder: PathLike) -> list[Path]:
+    """Delete the temporary files ``atomic_open`` left in ``folder`` when its process was killed
+    (SIGKILL, power loss: no ``except`` ran), i.e. those whose process no longer runs. Returns them."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMP_NAME.match(name)
+        if match is None or _process_alive(int(match["pid"])):
+            continue
+        path = Path(folder) / name
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but is not ours, or cannot tell: leave its file alone
+        return True
+    return True

@@ -17,15 +17,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 
 from nanoplus.errors import NanoplusError
 
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
-# bytes at the end of a JPEG searched for its end marker: some writers pad the file after it
-JPEG_TAIL_BYTES = 4096
+PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND"
+# bytes at the end of a file searched for its end marker: some writers pad the file after it
+TAIL_BYTES = 4096
 
 
 class ImageReadError(NanoplusError, OSError):
@@ -42,9 +43,23 @@ def display_path(path: Union[str, os.PathLike, bytes]) -> str:
     return raw.decode("utf-8", errors="backslashreplace")
 
 
-def jpeg_is_truncated(data: bytes) -> bool:
-    """True for a JPEG whose end-of-image marker is missing (the file was cut short)."""
-    return data[:2] == JPEG_START and JPEG_END not in data[-JPEG_TAIL_BYTES:]
+def truncation(head: bytes, tail: bytes) -> Optional[str]:
+    """Why an image file is cut short, from its first 8 and last ``TAIL_BYTES`` bytes; None when
+    its end marker is there (JPEG, PNG) or the format has none that is checked."""
+    if head.startswith(JPEG_START) and JPEG_END not in tail:
+        return "a JPEG cut short: its end is missing; copy the file again"
+    if head.startswith(PNG_START) and PNG_END not in tail:
+        return "a PNG cut short: its end is missing; copy the file again"
+    return None
+
+
+def file_truncation(path: Union[str, os.PathLike]) -> Optional[str]:
+    """``truncation`` of a file, reading only its first and last few bytes (cheap at load time)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - TAIL_BYTES))
+        return truncation(head, f.read())
 
 
 def decode_image(data: bytes, path: Union[str, os.PathLike, bytes] = "<bytes>") -> np.ndarray:
@@ -53,9 +68,9 @@ def decode_image(data: bytes, path: Union[str, os.PathLike, bytes] = "<bytes>") 
 
     if not data:
         raise ImageReadError(f"{display_path(path)}: cannot read this image (the file is empty, 0 bytes)")
-    if jpeg_is_truncated(data):
-        raise ImageReadError(f"{display_path(path)}: cannot read this image (a JPEG cut short: its end is "
-                             "missing; copy the file again)")
+    cut = truncation(data[:8], data[-TAIL_BYTES:])
+    if cut:
+        raise ImageReadError(f"{display_path(path)}: cannot read this image ({cut})")
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ImageReadError(f"{display_path(path)}: cannot read this image (not an image OpenCV can decode: "

@@ -391,3 +391,70 @@ def test_coco128():
     assert len(ds) == 128 and len(ds.coco_gt["annotations"]) == 939 and len(ds.class_names) == 80
     assert ds.num_boxes + sum(len(r.ignore_boxes) for r in ds.records) == 939
     assert all(Path(r.path).is_file() for r in ds.records)
+
+
+# ------------------------------------------------------------- images checked at load (issue 12)
+
+@pytest.mark.parametrize("fmt", ["coco", "voc"])
+def test_unreadable_images_are_found_at_load_not_after_an_epoch(tmp_path, fmt):
+    """A 0-byte file, a non-image and a JPEG cut short, with sizes in the annotations (so nothing
+    needed to open them before): skipped and counted at load, refused when strict."""
+    names = ["good", "empty", "text", "cut"]
+    if fmt == "coco":
+        images = [{"id": i + 1, "file_name": f"{n}.jpg", "height": 40, "width": 60} for i, n in enumerate(names)]
+        root = coco_folder(tmp_path, [ann(i + 1, i + 1, [1, 1, 5, 5]) for i in range(4)], images=images)
+        folder = root / "val2017"
+    else:
+        root = voc_dataset(tmp_path, {n: [("dog", (1, 1, 5, 5), False)] for n in names})
+        folder = root / "JPEGImages"
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    data = (folder / "good.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+    ds = load_dataset(root, "val")
+    assert [Path(r.path).stem for r in ds.records] == ["good"]
+    assert ds.issues["unreadable_image"] == 3
+    with pytest.raises(DatasetError, match=r"empty\.jpg: image files unreadable.*strict"):
+        load_dataset(root, "val", strict=True)
+
+
+@pytest.mark.parametrize("fmt", ["coco", "voc"])
+def test_annotation_size_that_disagrees_with_the_image(tmp_path, fmt):
+    """The json / xml says 40x60 but the file is 80x120: the boxes (drawn on the real image) keep
+    their place instead of being dropped as outside; the fix is counted and names both sizes."""
+    if fmt == "coco":
+        images = [{"id": 1, "file_name": "a.jpg", "height": 40, "width": 60}]
+        root = coco_folder(tmp_path, [ann(1, 1, [70, 50, 30, 20])], images=images, write=False)
+        write_image(root / "val2017" / "a.jpg", 80, 120)
+    else:
+        root = voc_dataset(tmp_path, {"a": [("dog", (70, 50, 100, 70), False)]})  # <size> 60 x 40
+        write_image(root / "JPEGImages" / "a.jpg", 80, 120)
+    ds = load_dataset(root, "val")
+    record = ds.records[0]
+    assert (record.height, record.width) == (80, 120)
+    np.testing.assert_array_equal(record.boxes, [[70, 50, 100, 70]])
+    assert ds.issues["size_mismatch"] == 1 and "outside" not in ds.issues
+    assert "is 120x80" in ds.issue_examples["size_mismatch"] and "says 60x40" in ds.issue_examples["size_mismatch"]
+    with pytest.raises(DatasetError, match="differ from the image files.*strict"):
+        load_dataset(root, "val", strict=True)
+
+
+def test_coco_fields_as_text(tmp_path):
+    """"iscrowd": "0" is not crowd (Python reads the text "0" as true); "area": "big" names the annotation."""
+    root = coco_folder(tmp_path, [ann(1, 1, [1, 1, 10, 10], iscrowd="0", area="100"),
+                                  ann(2, 1, [20, 20, 10, 10], iscrowd="1"), ann(3, 2, [1, 1, 5, 5])])
+    ds = load_dataset(root, "val")
+    np.testing.assert_array_equal(ds.records[0].boxes, [[1, 1, 11, 11]])
+    np.testing.assert_array_equal(ds.records[0].ignore_boxes, [[20, 20, 30, 30]])
+    gt = {a["id"]: a for a in ds.coco_gt["annotations"]}
+    assert (gt[1]["iscrowd"], gt[1]["area"], gt[2]["iscrowd"]) == (0, 100.0, 1)  # pycocotools reads the same
+    for bad, match in [(dict(area="big"), r"annotations\[0\] \(id 1\): 'area' must be a number.*'big'"),
+                       (dict(iscrowd="yes"), r"annotations\[0\] \(id 1\): 'iscrowd' must be 0 or 1, got 'yes'")]:
+        root = coco_folder(tmp_path / str(len(match)), [ann(1, 1, [1, 1, 10, 10], **bad)])
+        with pytest.raises(DatasetError, match=match):
+            load_dataset(root, "val")
+    images = [{"id": 1, "file_name": "a.jpg", "height": "tall", "width": 60}]
+    root = coco_folder(tmp_path / "h", [ann(1, 1, [1, 1, 10, 10])], images=images, write=False)
+    write_image(root / "val2017" / "a.jpg", 40, 60)
+    with pytest.raises(DatasetError, match=r"images\[0\] \(id 1\): 'height' must be a number.*'tall'"):
+        load_dataset(root, "val")

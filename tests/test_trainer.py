@@ -321,6 +321,26 @@ def test_class_count_mismatch_is_a_clear_error(tiny_data, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_training_set_without_any_box_is_refused(tmp_path, capsys):
+    """Labels that all fall out (here: no annotations at all) used to train on negatives without a word."""
+    import shutil
+
+    from nanoplus.cli import main
+    from nanoplus.train.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", num_train=4, num_val=2, image_hw=(64, 80))
+    for path in (data / "annotations").glob("*train*.json"):
+        document = json.loads(path.read_text())
+        document["annotations"] = []
+        path.write_text(json.dumps(document))
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "x"), *TINY, "train.epochs=1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "none of its 4 images has a box to learn from" in err and "empty: 4" in err and "check the labels" in err
+    assert not (tmp_path / "x").exists()
+    shutil.rmtree(data)
+
+
 # ------------------------------------------------------------------------------------------------
 # Real weights: the published model imported from NCNN (deploy-only, 80 COCO classes)
 
@@ -421,3 +441,71 @@ def test_finetuning_imported_weights_on_coco128_keeps_accuracy(imported_ckpt, tm
     epochs = json.loads((out / "results.json").read_text())["epochs"]
     assert [e["epoch"] for e in epochs if "mAP" in e] == [2, 4]
     assert epochs[-1]["mAP"] >= 0.33, epochs
+
+
+# ------------------------------------------------------------------------------------------------
+# Killed at the worst moments (SIGKILL: no except, no finally runs)
+
+KILLED_RUN = """
+import os, signal, sys
+import torch
+sys.path.insert(0, {tests!r})
+from test_trainer import make_trainer
+from nanoplus.train import checkpoint as ckpt_lib
+
+torch.set_num_threads(1)
+when, kill_epoch = sys.argv[1], int(sys.argv[2])
+real_save, real_torch_save = ckpt_lib.save_checkpoint, torch.save
+
+def save(path, **fields):
+    if path.name == "last.ckpt" and fields["epoch"] == kill_epoch:
+        if when == "mid_write":  # the temporary file half written, never renamed
+            def partial(data, f):
+                f.write(b"x" * 1000)
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            torch.save = partial
+        real_save(path, **fields)
+        os.kill(os.getpid(), signal.SIGKILL)  # right after the rename
+    return real_save(path, **fields)
+
+ckpt_lib.save_checkpoint = save
+out = sys.argv[3]
+resume = os.path.join(out, "last.ckpt") if os.path.exists(os.path.join(out, "last.ckpt")) else None
+make_trainer(sys.argv[4], out, ["train.epochs=3"], resume=resume).fit()
+"""
+
+
+@pytest.mark.slow  # about 20 s: two killed subprocess runs and a resumed one
+def test_killed_after_the_checkpoint_and_mid_write_loses_no_log_rows(tiny_data, tmp_path, one_thread):
+    """Killed right after epoch 1's last.ckpt rename (steps.csv used to be appended only after it:
+    those rows were lost for good), then killed half-way through writing epoch 2's checkpoint (the
+    temporary file used to stay forever): the resumed run ends with every step row once and no
+    temporary file."""
+    out = tmp_path / "run"
+    script = KILLED_RUN.format(tests=str(os.path.dirname(__file__)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for when, epoch in (("after_rename", 1), ("mid_write", 2)):
+        killed = subprocess.run([sys.executable, "-c", script, when, str(epoch), str(out), str(tiny_data)],
+                                capture_output=True, text=True, timeout=600, env=env)
+        assert killed.returncode == -9, killed.stderr[-2000:]
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")], "the kill should leave a temporary file"
+    make_trainer(tiny_data, out, ["train.epochs=3"], resume=str(out / "last.ckpt")).fit()
+    assert [int(r["step"]) for r in read_steps(out / "steps.csv")] == list(range(12))
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_stale_temporary_files_are_removed_only_when_their_process_is_gone(tmp_path):
+    from nanoplus.atomic import atomic_open, remove_stale_temp_files
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".last.ckpt.{dead_pid}.0123abcd.tmp"
+    live = tmp_path / f".last.ckpt.{os.getppid()}.0123abcd.tmp"  # a running process's write in progress
+    user = tmp_path / "notes.1234.tmp"  # not a name atomic_open makes
+    for path in (stale, live, user):
+        path.write_bytes(b"x")
+    with atomic_open(tmp_path / "mine.txt") as f:  # this process's own file, open right now
+        f.write("y")
+        assert remove_stale_temp_files(tmp_path) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, user.name, "mine.txt"])

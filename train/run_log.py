@@ -26,19 +26,25 @@ class RunLog:
         self.steps_path = self.out_dir / "steps.csv"
         self.step_rows: list[dict] = []
         if resume_step is not None:
-            self.step_rows = [r for r in read_csv_rows(self.steps_path) if r["step"] < resume_step]
-        write_text_atomic(self.steps_path, csv_text(self.step_rows, STEP_FIELDS))
-        self._steps_on_disk = len(self.step_rows)
+            self.step_rows = [r for r in read_csv_rows(self.steps_path)
+                              if isinstance(r["step"], int) and r["step"] < resume_step]
+        # steps.csv is rewritten whole (atomically) each epoch; the text of the rows already
+        # written is kept so that only new rows are formatted
+        self._steps_text = csv_text(self.step_rows, STEP_FIELDS)
+        self._steps_formatted = len(self.step_rows)
+        write_text_atomic(self.steps_path, self._steps_text)
 
     def add_step(self, row: dict) -> None:
         self.step_rows.append(row)
 
     def write_epoch(self, history: list[dict], run_info: dict, class_names: list, best_map) -> None:
-        """Append this epoch's step rows to steps.csv; rewrite results.csv / .json and the curves."""
-        with open(self.steps_path, "a", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=STEP_FIELDS, extrasaction="ignore")
-            writer.writerows(self.step_rows[self._steps_on_disk:])
-        self._steps_on_disk = len(self.step_rows)
+        """Rewrite steps.csv (with this epoch's rows), results.csv / .json and the curves, each
+        atomically. The trainer calls it before it replaces last.ckpt: a kill in between leaves
+        rows of an epoch that resuming runs again, and those rows are dropped then."""
+        new_rows = csv_text(self.step_rows[self._steps_formatted:], STEP_FIELDS)
+        self._steps_text += new_rows[new_rows.index("\n") + 1:]  # without its header line
+        self._steps_formatted = len(self.step_rows)
+        write_text_atomic(self.steps_path, self._steps_text)
         write_text_atomic(self.out_dir / "results.csv", csv_text(history))
         write_text_atomic(self.out_dir / "results.json", json.dumps(
             {"run": run_info, "class_names": class_names, "best_map": best_map, "epochs": history},

@@ -189,6 +189,12 @@ def run(args: argparse.Namespace) -> int:
             f"({len(names)}: {names[:3]}...); remove class_names from the config to take the data's"
         )
     check_num_classes(train_set, cfg.model.num_classes, f"config '{cfg.name}' (model.num_classes)")
+    if not any(len(record.boxes) for record in train_set.records):
+        counted = ", ".join(f"{k}: {v}" for k, v in train_set.issues.items()) or "none"
+        raise TrainError(
+            f"{data} (split '{run_info.get('train_split', 'train')}'): none of its {len(train_set.records)} images "
+            f"has a box to learn from (problems found while loading: {counted}); check the labels (class ids, "
+            "box format, file names)")
     cfg.class_names = names
     val_set = None
     if not run_info.get("no_val"):

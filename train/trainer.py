@@ -31,6 +31,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from nanoplus.atomic import remove_stale_temp_files
 from nanoplus.train import distributed as du
 from nanoplus.train.config import Config, save_config
 from nanoplus.train.dataset import DetectionDataset, collate, meta_from_config
@@ -371,6 +372,8 @@ class Trainer:
         run_log = None
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            for stale in remove_stale_temp_files(self.out_dir):  # left by a killed run (up to 68 MB each)
+                self.log(f"removed {stale.name}, a temporary file of an interrupted run")
             save_config(cfg, self.out_dir / "config.yaml")
             run_log = RunLog(self.out_dir, self.global_step if self.resume else None)
             self.history = [h for h in self.history if h["epoch"] <= self.start_epoch]
@@ -413,11 +416,13 @@ class Trainer:
                 row["best_map"] = self.best_map
                 self.history.append(row)
                 if main:
+                    # the logs first: a kill before the checkpoint's rename leaves rows that the
+                    # resumed run drops and writes again; the other order lost them for good
+                    run_log.write_epoch(self.history, self.run_info, self.class_names, self.best_map)
                     fields = self._checkpoint_fields(epoch + 1)
                     self._save("last.ckpt", fields)
                     if improved:
                         self._save("best.ckpt", fields)
-                    run_log.write_epoch(self.history, self.run_info, self.class_names, self.best_map)
                 du.barrier()
                 last_row = row
         except KeyboardInterrupt:

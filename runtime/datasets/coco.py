@@ -181,19 +181,38 @@ def _coco_images(images: list, json_path: Path, image_dir, issues: Issues) -> _C
         raise DatasetError(f"{src}: none of its {len(images)} images is in {folder} (e.g. "
                            f"'{file_names[0]}'); give the image folder")
     issues.add_where("missing_image", ~present, lambda i: f"{paths[i]} (images[{i}] of {json_path.name})")
-    heights = np.array([img.get("height", 0) or 0 for img in images], np.int64)
-    widths = np.array([img.get("width", 0) or 0 for img in images], np.int64)
-    need_size = np.flatnonzero(present & ((heights <= 0) | (widths <= 0)))
+    heights = np.array([_size_field(img, "height", i, src) for i, img in enumerate(images)], np.int64)
+    widths = np.array([_size_field(img, "width", i, src) for i, img in enumerate(images)], np.int64)
+    # Every image's header is read (cheap): an unreadable file is found now, not after an epoch,
+    # and the boxes are placed in the image as it really is, whatever size the json says.
+    given = (heights > 0) & (widths > 0)
+    checked = np.flatnonzero(present)
+    for i, size in zip(checked, read_sizes([paths[i] for i in checked])):
+        if size is None:
+            present[i] = False
+            issues.add("unreadable_image", paths[i])
+            continue
+        if given[i] and (heights[i], widths[i]) != size:
+            issues.add("size_mismatch", f"{paths[i]} is {size[1]}x{size[0]}, images[{i}] of {json_path.name} "
+                                        f"says {widths[i]}x{heights[i]}")
+        heights[i], widths[i] = size
+        images[i]["height"], images[i]["width"] = size
+    need_size = np.flatnonzero(present & ~given)
     if len(need_size):
-        for i, size in zip(need_size, read_sizes([paths[i] for i in need_size])):
-            if size is None:
-                present[i] = False
-                issues.add("unreadable_image", paths[i])
-            else:
-                heights[i], widths[i] = size
-                images[i]["height"], images[i]["width"] = size
         issues.add("size_from_file", f"{json_path.name} images[{need_size[0]}]", len(need_size))
     return _CocoImages(image_ids, paths, present, heights, widths)
+
+
+def _size_field(image: dict, key: str, index: int, src: str) -> int:
+    """images[index]'s height or width as an integer; 0 when absent (read from the file)."""
+    value = image.get(key, 0) or 0
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{src} images[{index}] (id {image.get('id')}): '{key}' must be a number of "
+                           f"pixels, got {value!r}; fix it or remove the key (the size is then read from "
+                           "the image)") from None
+    return int(number) if number == number and number > 0 else 0
 
 
 @dataclass
@@ -213,8 +232,8 @@ def _coco_annotations(anns: list, image_ids: np.ndarray, category_ids: list[int]
     ann_image = _coco_ids(anns, "image_id", where) if n else np.zeros(0, np.int64)
     ann_cat = _coco_ids(anns, "category_id", where) if n else np.zeros(0, np.int64)
     xywh = _coco_bboxes(anns, where) if n else np.zeros((0, 4))
-    crowd = np.array([bool(a.get("iscrowd", 0)) or bool(a.get("ignore", 0)) for a in anns], bool)
-    area = np.array([a.get("area", np.nan) for a in anns], np.float64) if n else np.zeros(0)
+    crowd = np.array([_flag(a, "iscrowd", i, where) or _flag(a, "ignore", i, where) for i, a in enumerate(anns)], bool)
+    area = np.array([_area(a, i, where) for i, a in enumerate(anns)], np.float64) if n else np.zeros(0)
     area = np.where(np.isnan(area) & np.isfinite(xywh).all(1), xywh[:, 2] * xywh[:, 3], area)
 
     id_to_index = {int(v): i for i, v in enumerate(image_ids.tolist())}
@@ -231,6 +250,31 @@ def _coco_annotations(anns: list, image_ids: np.ndarray, category_ids: list[int]
                            f"'categories' (ids {category_ids[0]}..{category_ids[-1]}); fix the id or add "
                            "the category")
     return _CocoAnnotations(image_index, labels, xywh, crowd, area)
+
+
+def _flag(annotation: dict, key: str, index: int, where: str) -> bool:
+    """An 0/1 field ('iscrowd', 'ignore'); 0 when absent. "0" / "1" written as text are read as
+    numbers and written back as numbers, so that training and pycocotools read them alike (Python
+    takes the text "0" as true)."""
+    value = annotation.get(key, 0)
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        value = annotation[key] = int(value.strip())
+    if isinstance(value, (bool, int, float)) and value in (0, 1):
+        return bool(value)
+    raise DatasetError(f"{where}[{index}] (id {annotation.get('id')}): '{key}' must be 0 or 1, got {value!r}")
+
+
+def _area(annotation: dict, index: int, where: str) -> float:
+    """The 'area' field as a number (NaN when absent: width * height is used)."""
+    value = annotation.get("area", np.nan)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}[{index}] (id {annotation.get('id')}): 'area' must be a number of square "
+                           f"pixels, got {value!r}; fix it or remove the key (width * height is then used)") from None
+    if isinstance(value, str):
+        annotation["area"] = number  # pycocotools compares it with numbers
+    return number
 
 
 def _coco_filter(ann: _CocoAnnotations, images: _CocoImages, anns: list, where: str,

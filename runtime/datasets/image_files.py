@@ -11,8 +11,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".j
 
 
 def read_image_size(path: Union[str, os.PathLike]) -> Optional[tuple[int, int]]:
-    """(height, width) of an image as ``cv2.imread`` returns it (EXIF rotation applied), or None
-    when the file cannot be read. Reads only the header where PIL is available."""
+    """(height, width) of an image as ``read_image`` decodes it (EXIF rotation applied), or None
+    when the file cannot be read: missing, empty, not an image, or a JPEG / PNG cut short. Reads
+    only the header and the last few bytes where PIL is available (a full decode otherwise)."""
+    from nanoplus.runtime.images import ImageReadError, file_truncation, read_image
+
     try:
         from PIL import Image
     except ImportError:
@@ -22,15 +25,16 @@ def read_image_size(path: Union[str, os.PathLike]) -> Optional[tuple[int, int]]:
             with Image.open(path) as img:
                 width, height = img.size
                 orientation = img.getexif().get(0x0112, 1) if img.format in ("JPEG", "MPO") else 1
-            if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: cv2.imread swaps the sides
+            if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: the decoder swaps the sides
                 width, height = height, width
-            return int(height), int(width)
+            return None if file_truncation(path) else (int(height), int(width))
         except Exception:  # a format PIL does not know may still be readable by OpenCV
             pass
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return None if img is None else (int(img.shape[0]), int(img.shape[1]))
+    try:
+        img = read_image(path)
+    except ImageReadError:
+        return None
+    return int(img.shape[0]), int(img.shape[1])
 
 
 def read_sizes(paths: Sequence[str]) -> list[Optional[tuple[int, int]]]:

@@ -34,9 +34,10 @@ ISSUE_TEXT = {
     "float_coords": "VOC boxes with float coordinates accepted",
     "segments": "polygon labels converted to boxes",
     "size_from_file": "image sizes read from the image files",
+    "size_mismatch": "image sizes in the annotations differ from the image files, the files' sizes used",
 }
 FIXES = {"missing_image", "unreadable_image", "clipped", "outside", "degenerate", "nonfinite",
-         "duplicate", "renumbered_ids"}
+         "duplicate", "renumbered_ids", "size_mismatch"}
 # notes about data that is fine as it is: logged at INFO level; everything else at WARNING
 NOTES = {"tiny", "crowd", "empty", "no_label_file", "float_coords", "segments", "size_from_file"}
 

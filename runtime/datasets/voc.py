@@ -107,13 +107,17 @@ def load_voc(root: Path, split: str, class_names: Optional[Sequence[str]], issue
             height = int(float(tree.findtext("size/height") or 0))
         except ValueError:
             width = height = 0
+        # the header of every image is read (cheap): an unreadable file is found now, not after an
+        # epoch, and boxes are placed in the image as it really is, whatever <size> says
+        size = read_image_size(path)
+        if size is None:
+            issues.add("unreadable_image", str(path))
+            continue
         if width <= 0 or height <= 0:
-            size = read_image_size(path)
-            if size is None:
-                issues.add("unreadable_image", str(path))
-                continue
-            height, width = size
             issues.add("size_from_file", str(xml_path))
+        elif (height, width) != size:
+            issues.add("size_mismatch", f"{path} is {size[1]}x{size[0]}, {xml_path} <size> says {width}x{height}")
+        height, width = size
         boxes, labels, ignore, ignore_labels = [], [], [], []
         for name, texts, difficult, k in _voc_objects(tree, xml_path):
             where = f"{xml_path} object {k}"
