@@ -66,7 +66,7 @@ def test_non_utf8_names(tmp_path):
     ("empty", "the file is empty"),
     ("text", "not an image OpenCV can decode"),
     ("truncated_jpeg", "a JPEG cut short"),
-    ("truncated_png", "not an image OpenCV can decode"),
+    ("truncated_png", "a PNG cut short"),
 ])
 def test_unreadable_images_name_the_file(tmp_path, case, match):
     good = _photo(tmp_path, "good.jpg", size=(240, 320))
