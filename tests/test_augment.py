@@ -187,6 +187,17 @@ def test_validation_item_is_runtime_preprocess(records):
     assert item["src_hw"].tolist() == [120, 200]
 
 
+@pytest.mark.parametrize("min_box_size, kept", [(1.0, [0]), (0.2, [0, 1]), (0.0, [0, 1]), (0.3, [0])])
+def test_min_box_size_keeps_or_drops_thin_boxes(records, min_box_size, kept):
+    """The 0.5 px wide box is 0.5 * 96/200 = 0.24 input pixels wide: kept at a limit of 0.2 or 0
+    (upstream keeps every box), dropped at 0.3 and at the default 1."""
+    meta = ModelMeta(class_names=["a", "b"], input_hw=[64, 96])
+    item = DetectionDataset(records, meta, augment_cfg=None, min_box_size=min_box_size)[0]
+    assert item["labels"].tolist() == kept
+    widths = (item["boxes"][:, 2] - item["boxes"][:, 0]).numpy()
+    np.testing.assert_allclose(widths, [50 * 0.48, 0.5 * 0.48][:len(kept)], rtol=1e-5)
+
+
 def test_training_items_are_seeded_by_epoch_and_index(records):
     meta = ModelMeta(class_names=["a", "b"], input_hw=[64, 64])
     ds = DetectionDataset(records, meta, augment_cfg=AugmentConfig(), seed=5)

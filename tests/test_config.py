@@ -138,3 +138,13 @@ def test_cli_prints_the_field_error_and_exits_2(tmp_path, capsys):
     assert "'train.epochs' must be an integer" in err and "e.g. train.epochs=300" in err
     assert "Traceback" not in err and "train.lr" not in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.augment.min_box_size=-1", "data.augment.min_box_size must be >= 0"),
+    ("train.schedule=step", "train.schedule must be one of cosine, upstream"),
+    ("train.warmup=cosine", "train.warmup must be one of linear, exp, constant"),
+])
+def test_out_of_range_choices_are_refused(override, message):
+    with pytest.raises(NanoplusError, match=message):
+        load_config("nanodet-plus-m_416", [override])

@@ -101,3 +101,26 @@ def test_command_line(tmp_path, capsys):
     assert "3 train + 2 val images" in capsys.readouterr().out
     assert load_dataset(tmp_path / "cli", "val", log=False).records[0].width == 80
     assert main([str(tmp_path / "bad"), "--height", "8"]) == 2
+
+
+def test_small_objects_option(tmp_path):
+    """--object-size MIN MAX bounds the drawn objects (fractions of the shorter side); --max-objects
+    allows crowded images."""
+    assert main([str(tmp_path / "small"), "--num-train", "12", "--num-val", "2", "--height", "128", "--width", "160",
+                 "--object-size", "0.04", "0.1", "--max-objects", "10"]) == 0
+    records = load_dataset(tmp_path / "small", "train", log=False).records
+    sides = np.concatenate([r.boxes[:, 2:] - r.boxes[:, :2] for r in records])
+    # a shape of size s fits in an s x s square (triangles are smaller); + a pixel on each side for rasterising
+    assert sides.max() <= 0.1 * 128 + 2
+    assert np.median(sides.max(1)) >= 0.04 * 128 * 0.5  # not degenerate
+    assert max(len(r.labels) for r in records) > 4
+    assert json.loads((tmp_path / "small" / "synthetic.json").read_text())["object_size"] == [0.04, 0.1]
+
+
+@pytest.mark.parametrize("object_size, max_objects", [((0.2, 0.1), 4), ((0.0, 0.1), 4), ((0.01, 0.1), 4),
+                                                      ((0.1, 0.95), 4), ((0.1, 0.2), 0)])
+def test_bad_object_size_or_count_is_refused(tmp_path, object_size, max_objects):
+    with pytest.raises(NanoplusError, match="object_size|max_objects"):
+        make_synthetic_dataset(tmp_path / "x", num_train=2, num_val=1, image_hw=(64, 64), object_size=object_size,
+                               max_objects=max_objects)
+    assert not (tmp_path / "x").exists()

@@ -443,6 +443,13 @@ def test_finetuning_imported_weights_on_coco128_keeps_accuracy(imported_ckpt, tm
     assert epochs[-1]["mAP"] >= 0.33, epochs
 
 
+@pytest.mark.parametrize("value", [0.0, 2.5])
+def test_min_box_size_reaches_the_training_set(tiny_data, tmp_path, value):
+    trainer = make_trainer(tiny_data, tmp_path / "run", [f"data.augment.min_box_size={value}"])
+    trainer._setup()
+    assert trainer.train_set.min_box_size == value
+
+
 # ------------------------------------------------------------------------------------------------
 # Killed at the worst moments (SIGKILL: no except, no finally runs)
 

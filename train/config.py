@@ -119,6 +119,9 @@ class AugmentConfig:
     contrast: list[float] = field(default_factory=lambda: [0.6, 1.4])
     saturation: list[float] = field(default_factory=lambda: [0.5, 1.2])
     colour_prob: float = 0.5  # each colour jitter is applied with this probability
+    # Ground-truth boxes narrower or lower than this many input pixels after the warp are dropped;
+    # 0 keeps every box, as upstream does (README "Training": the measurement that chose 1).
+    min_box_size: float = 1.0
 
 
 @dataclass
@@ -452,6 +455,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.mean and data.std need 3 values each (B, G, R), std > 0")
     if cfg.train.batch_size < 1 or cfg.train.epochs < 1:
         raise ConfigError("train.batch_size and train.epochs must be >= 1")
+    if d.augment.min_box_size < 0:
+        raise ConfigError(f"data.augment.min_box_size must be >= 0 (0 keeps every box), got {d.augment.min_box_size}")
     for key, allowed in (("schedule", SCHEDULES), ("warmup", WARMUPS)):
         value = getattr(cfg.train, key)
         if value not in allowed:

@@ -17,7 +17,9 @@ Written in COCO format::
     OUT_DIR/train/*.jpg, OUT_DIR/val/*.jpg
 
 so ``load_dataset(OUT_DIR, "train")`` / ``"val"`` read it. Command line:
-``python -m nanoplus.train.synthetic OUT_DIR [--num-train N] [--num-val N] [--height H] [--width W] [--seed S]``.
+``python -m nanoplus.train.synthetic OUT_DIR [--num-train N] [--num-val N] [--height H] [--width W] [--seed S]
+[--max-objects N] [--object-size MIN MAX]``. ``--object-size 0.02 0.12 --max-objects 10`` makes a
+dataset of many small objects (sizes as fractions of the image's shorter side; default 0.15 0.5).
 """
 from __future__ import annotations
 
@@ -145,13 +147,13 @@ def render_image(rng: np.random.Generator, height: int, width: int, max_objects:
 
 
 def _write_split(out: Path, split: str, count: int, height: int, width: int, seed: int,
-                 max_objects: int, empty_fraction: float) -> None:
+                 max_objects: int, empty_fraction: float, object_size: tuple[float, float]) -> None:
     (out / split).mkdir(parents=True, exist_ok=True)
     split_code = {"train": 0, "val": 1}[split]
     images, annotations = [], []
     for index in range(count):
         rng = np.random.default_rng([seed, split_code, index])  # each image independent of counts
-        img, objects = render_image(rng, height, width, max_objects, empty_fraction)
+        img, objects = render_image(rng, height, width, max_objects, empty_fraction, *object_size)
         file_name = f"{index:06d}.jpg"
         if not cv2.imwrite(str(out / split / file_name), img, [cv2.IMWRITE_JPEG_QUALITY, 92]):
             raise OSError(f"cannot write {out / split / file_name}")
@@ -173,10 +175,12 @@ def _write_split(out: Path, split: str, count: int, height: int, width: int, see
 
 def make_synthetic_dataset(out_dir: Union[str, os.PathLike], num_train: int = 480, num_val: int = 96,
                            image_hw: Sequence[int] = (192, 256), seed: int = 0, max_objects: int = 4,
-                           empty_fraction: float = 0.06, force: bool = False) -> Path:
+                           empty_fraction: float = 0.06, force: bool = False,
+                           object_size: Sequence[float] = (0.15, 0.5)) -> Path:
     """Generate the dataset into ``out_dir`` (COCO layout, see the module docstring) and return it.
 
-    image_hw: (height, width) of every image. A folder already holding a dataset generated with
+    image_hw: (height, width) of every image. object_size: (min, max) object size as a fraction of
+    the image's shorter side (log-uniform between them). A folder already holding a dataset generated with
     the same arguments is reused unless ``force``; a non-empty folder that this generator did not
     write is refused. The files are written into a temporary folder first and moved into place,
     so a reader never sees half a dataset.
@@ -185,9 +189,16 @@ def make_synthetic_dataset(out_dir: Union[str, os.PathLike], num_train: int = 48
     height, width = (int(v) for v in image_hw)
     if min(height, width) < 32:
         raise SyntheticDatasetError(f"image_hw {tuple(image_hw)}: images must be at least 32 pixels high and wide")
+    smallest, largest = (float(v) for v in object_size)
+    if not 0 < smallest <= largest <= 0.9 or smallest * min(height, width) < 2:
+        raise SyntheticDatasetError(
+            f"object_size ({smallest}, {largest}): need 0 < min <= max <= 0.9 and objects of at least 2 pixels "
+            f"(min x shorter side {min(height, width)} = {smallest * min(height, width):.1f}); e.g. 0.02 0.12")
+    if int(max_objects) < 1:
+        raise SyntheticDatasetError(f"max_objects {max_objects}: need at least 1")
     params = {"version": GENERATOR_VERSION, "num_train": int(num_train), "num_val": int(num_val),
               "image_hw": [height, width], "seed": int(seed), "max_objects": int(max_objects),
-              "empty_fraction": float(empty_fraction)}
+              "empty_fraction": float(empty_fraction), "object_size": [smallest, largest]}
     manifest = out / "synthetic.json"
     if out.exists():
         if manifest.is_file():
@@ -200,7 +211,8 @@ def make_synthetic_dataset(out_dir: Union[str, os.PathLike], num_train: int = 48
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for split, count in (("train", num_train), ("val", num_val)):
-            _write_split(tmp, split, int(count), height, width, int(seed), int(max_objects), float(empty_fraction))
+            _write_split(tmp, split, int(count), height, width, int(seed), int(max_objects), float(empty_fraction),
+                         (smallest, largest))
         (tmp / "synthetic.json").write_text(json.dumps(params, indent=1))
         if out.exists():
             shutil.rmtree(out)
@@ -220,11 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=192)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-objects", type=int, default=4, help="objects per image, at most (default 4)")
+    parser.add_argument("--object-size", type=float, nargs=2, default=(0.15, 0.5), metavar=("MIN", "MAX"),
+                        help="object size range as fractions of the shorter image side (default 0.15 0.5)")
     parser.add_argument("--force", action="store_true", help="regenerate even if the folder is up to date")
     args = parser.parse_args(argv)
     try:
         out = make_synthetic_dataset(args.out_dir, args.num_train, args.num_val, (args.height, args.width),
-                                     args.seed, force=args.force)
+                                     args.seed, max_objects=args.max_objects, force=args.force,
+                                     object_size=args.object_size)
     except SyntheticDatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

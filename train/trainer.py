@@ -186,7 +186,8 @@ class Trainer:
 
         meta = meta_from_config(cfg, self.class_names)
         self.meta = meta
-        self.train_set = DetectionDataset(self.train_records, meta, cfg.data.augment, seed=cfg.train.seed)
+        self.train_set = DetectionDataset(self.train_records, meta, cfg.data.augment, seed=cfg.train.seed,
+                                          min_box_size=cfg.data.augment.min_box_size)
         self.train_sampler = torch.utils.data.DistributedSampler(
             self.train_set, num_replicas=self.world, rank=self.dist.rank, shuffle=True, seed=cfg.train.seed
         )
