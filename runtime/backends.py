@@ -145,6 +145,10 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise ModelFileError(f"{path}: onnxruntime cannot load this file ({e}); is it a complete ONNX model?") from None
+        if len(self.session.get_inputs()) != 1 or not self.session.get_outputs():
+            raise ModelFileError(f"{path}: this ONNX graph has {len(self.session.get_inputs())} inputs and "
+                                 f"{len(self.session.get_outputs())} outputs; a NanoDet-Plus model has one image input "
+                                 "and an output")
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.output_name = self.session.get_outputs()[0].name
@@ -177,6 +181,10 @@ class OpenVinoBackend:
             model = core.read_model(str(path))
         except Exception as e:
             raise ModelFileError(f"{path}: OpenVINO cannot read this model ({e}); for .xml the .bin must be beside it") from None
+        if len(model.inputs) != 1 or not model.outputs:
+            raise ModelFileError(f"{path}: OpenVINO reads {len(model.inputs)} inputs and {len(model.outputs)} outputs "
+                                 "in this model; a NanoDet-Plus IR has one image input and an output (is the file "
+                                 "complete? export it again)")
         self.embedded_meta = self._read_rt_info(model)
         self.input_name = model.inputs[0].get_any_name()
         self.output_name = model.outputs[0].get_any_name()

@@ -171,9 +171,12 @@ class Detector:
         if layout is not None and layout not in ("NC", "CN"):
             raise NanoplusError(f"layout '{layout}': use 'NC' for (points, channels) or 'CN' for (channels, points)")
 
-        sidecar = None
+        sidecar, sidecar_error = None, None
         if choose_backend(path, backend) != "torch":
-            sidecar = read_sidecar(path)
+            try:
+                sidecar = read_sidecar(path)
+            except MetadataError as e:  # fatal only if the file has no metadata of its own
+                sidecar_error = e
         self.backend = open_backend(
             path, backend, threads, precision,
             input_name=input_name or (sidecar.input_name if sidecar else None),
@@ -184,7 +187,11 @@ class Detector:
         if meta is None and self.backend.embedded_meta:
             meta = ModelMeta.from_json(self.backend.embedded_meta, source=f"{path} (embedded nanoplus metadata)")
         if meta is None:
+            if sidecar_error is not None:
+                raise sidecar_error
             meta = sidecar
+        elif sidecar_error is not None:
+            log.warning(f"{sidecar_error}; ignored: {path.name} carries its own metadata")
         overrides = {
             "input_hw": list(parse_input_size(input_size)) if input_size is not None else None,
             "class_names": read_class_names(class_names),

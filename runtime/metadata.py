@@ -146,4 +146,11 @@ def read_sidecar(model_path: str | os.PathLike) -> Optional[ModelMeta]:
     path = sidecar_path(model_path)
     if not path.is_file():
         return None
-    return ModelMeta.from_json(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MetadataError(f"{path}: the metadata sidecar is not UTF-8 text (byte {e.start}: {e.reason}); "
+                            "restore it from the export, or delete it if the model carries its own metadata") from None
+    except OSError as e:
+        raise MetadataError(f"{path}: cannot read the metadata sidecar ({e.strerror or e})") from None
+    return ModelMeta.from_json(text, source=str(path))

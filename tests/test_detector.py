@@ -380,3 +380,28 @@ def test_every_backend_gives_the_checkpoints_detections(exported, file_name, bac
                          if cy == cid and np.abs(box - by).max() <= 0.5]
                 assert match, f"{name}: {COCO_CLASS_NAMES[cid]} {score:.3f} {box} has no counterpart"
                 assert min(d for _, d in match) <= 1e-3, f"{name}: {COCO_CLASS_NAMES[cid]} score differs"
+
+
+# -- hostile model files (issue 12 item 8) ---------------------------------------------------------------
+def test_openvino_ir_without_layers(tmp_path):
+    require_module("openvino")
+    xml = tmp_path / "empty.xml"
+    xml.write_text('<?xml version="1.0"?>\n<net name="x" version="11"><layers></layers><edges></edges></net>\n')
+    xml.with_suffix(".bin").write_bytes(b"")
+    with pytest.raises(ModelFileError, match=r"empty\.xml: OpenVINO reads 0 inputs and 0 outputs"):
+        Detector(xml)
+
+
+def test_sidecar_that_is_not_utf8(tmp_path, caplog):
+    """A damaged sidecar: ignored with a warning when the ONNX carries its own metadata, a clear
+    error naming it when the sidecar is all there is."""
+    require_module("onnxruntime")
+    path, _ = _synthetic_onnx(tmp_path / "m.onnx")
+    path.with_suffix(".json").write_bytes(b'{"class_names": ["\xe9"]}')
+    with caplog.at_level(logging.WARNING, logger="nanoplus"):
+        det = Detector(path)
+    assert det.meta.class_names == ["a", "b", "c"] and "m.json: the metadata sidecar is not UTF-8" in caplog.text
+    foreign, _ = _synthetic_onnx(tmp_path / "f.onnx", meta=False)
+    foreign.with_suffix(".json").write_bytes(b"\xff\xfe")
+    with pytest.raises(MetadataError, match=r"f\.json: the metadata sidecar is not UTF-8 text"):
+        Detector(foreign)
