@@ -12,16 +12,28 @@ model emits logits, so no sigmoid over all N x C values), and only the candidate
 decoded. NMS walks the candidates in global score order with a class mask, which is the same as
 per-class greedy NMS followed by a global sort, in blocks (one small IoU matrix each), and stops
 once max_det boxes are kept.
+
+Two implementations give the same rows in the same order: this numpy code, and the compiled
+``nanoplus.runtime._native`` (runtime/native/decode_nms.cpp, the C++ program's own decode + NMS,
+built at install where a C++ compiler is found), which selects the candidates and runs decode +
+NMS in C++, while the scores between those two steps stay numpy's (so they are the same bits).
+The compiled one is used when it is built, unless NANOPLUS_NATIVE=0; ``implementation()`` says which.
 """
 from __future__ import annotations
 
 import math
+import os
 from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 
 from nanoplus.errors import NanoplusError
+
+try:
+    from nanoplus.runtime import _native
+except ImportError:  # not built (no compiler at install): numpy
+    _native = None
 
 # NMS resolves candidates in blocks of this many (in score order) with one IoU matrix each; 128 was
 # fastest on real outputs at both score 0.35 (~50 candidates) and 0.05 (~800).
@@ -30,6 +42,18 @@ _NMS_BLOCK = 128
 # compared with score_thr, so the result is the same as thresholding sigmoid(logit) directly.
 _LOGIT_SLACK = 1e-3
 _SIDE_SIGN = np.array([-1, -1, 1, 1], dtype=np.float32)
+# the raw output precisions the compiled path reads (others: numpy)
+_NATIVE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def native_enabled() -> bool:
+    """Whether ``postprocess`` uses the compiled path: built, and not switched off by NANOPLUS_NATIVE=0."""
+    return _native is not None and hasattr(_native, "decode_nms") and os.environ.get("NANOPLUS_NATIVE", "1") != "0"
+
+
+def implementation() -> str:
+    """'native' (compiled candidate selection, decode and NMS) or 'numpy': what ``postprocess`` runs."""
+    return "native" if native_enabled() else "numpy"
 
 
 class ModelOutputError(NanoplusError, ValueError):
@@ -100,7 +124,8 @@ def _bin_distances(bins: np.ndarray, reg_max: int) -> np.ndarray:
     side_max = logits[:, :, 0].copy()
     for b in range(1, num_bins):
         np.maximum(side_max, logits[:, :, b], out=side_max)
-    exp = np.exp(logits - side_max[:, :, None])
+    with np.errstate(invalid="ignore"):  # inf - inf for infinite bins: NaN coordinates, as the C++ gives
+        exp = np.exp(logits - side_max[:, :, None])
     values, ones = _bin_vectors(num_bins)
     return (exp @ values) / (exp @ ones)
 
@@ -196,20 +221,28 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_t
     return order[kept]
 
 
-def _select_candidates(raw_nc, num_classes, score_thr, scores_are_sigmoid, multi_label):
-    """(point indices, class indices, scores) of the candidates, in (point, class) order."""
-    num_points = raw_nc.shape[0]
+def _pre_threshold(score_thr, scores_are_sigmoid):
+    """The threshold on the raw class values: score_thr itself for sigmoid scores, else logit(score_thr)
+    minus a little slack (the exact sigmoid test follows)."""
     if scores_are_sigmoid:
-        pre_thr = score_thr
-    elif score_thr <= 0:
-        pre_thr = -np.inf
-    elif score_thr >= 1:
-        pre_thr = np.inf
-    else:
-        pre_thr = math.log(score_thr / (1.0 - score_thr)) - _LOGIT_SLACK
+        return score_thr
+    if score_thr <= 0:
+        return -np.inf
+    if score_thr >= 1:
+        return np.inf
+    return math.log(score_thr / (1.0 - score_thr)) - _LOGIT_SLACK
 
+
+def _channels_first(raw_nc):
+    """Whether the output is a transposed view of a contiguous channels-first (C, N) array."""
+    return not raw_nc.flags.c_contiguous and raw_nc.T.flags.c_contiguous
+
+
+def _raw_values_numpy(raw_nc, num_classes, pre_thr, multi_label):
+    """(point indices, class indices, raw values as float32) above pre_thr, in (point, class) order."""
+    num_points = raw_nc.shape[0]
     # A channels-first output arrives as a transposed view: threshold its contiguous (C, N) block.
-    channels_first = not raw_nc.flags.c_contiguous and raw_nc.T.flags.c_contiguous
+    channels_first = _channels_first(raw_nc)
     if multi_label:
         if channels_first:
             flat = np.flatnonzero(raw_nc.T[:num_classes] > pre_thr)
@@ -231,14 +264,29 @@ def _select_candidates(raw_nc, num_classes, score_thr, scores_are_sigmoid, multi
         points = np.flatnonzero(best_values > pre_thr)
         classes = best[points]
         values = best_values[points]
+    return points, classes.astype(np.int64), np.asarray(values, dtype=np.float32)
 
-    scores = np.asarray(values, dtype=np.float32)
+
+def _native_layout(raw_nc):
+    """(C-contiguous array the compiled code reads, channels_first), or None where it does not apply."""
+    if raw_nc.dtype not in _NATIVE_DTYPES:
+        return None
+    if raw_nc.flags.c_contiguous:
+        return raw_nc, False
+    if raw_nc.T.flags.c_contiguous:
+        return raw_nc.T, True
+    return np.ascontiguousarray(raw_nc), False
+
+
+def _scored(points, classes, values, score_thr, scores_are_sigmoid, itemsize):
+    """Candidates with their exact scores (sigmoid of logits), those not above score_thr dropped."""
+    scores = values
     if not scores_are_sigmoid:
         scores = sigmoid(scores)
-    elif raw_nc.dtype.itemsize >= 4:  # float32/64 scores: the compare above was this exact test
-        return points, classes.astype(np.int64), scores
+    elif itemsize >= 4:  # float32/64 scores: the pre-selection was this exact test
+        return points, classes, scores
     exact = scores > score_thr
-    return points[exact], classes[exact].astype(np.int64), scores[exact]
+    return points[exact], classes[exact], scores[exact]
 
 
 def postprocess(
@@ -275,9 +323,25 @@ def postprocess(
             f"({len(priors)}, num_classes + {num_bins}); check the model's input size and layout"
         )
 
-    points, labels, scores = _select_candidates(raw_nc, num_classes, float(score_thr), scores_are_sigmoid, multi_label)
+    score_thr = float(score_thr)
+    pre_thr = _pre_threshold(score_thr, scores_are_sigmoid)
+    native = _native_layout(raw_nc) if native_enabled() else None
+    if native is not None:
+        data, channels_first = native
+        # numpy compares in the output's own precision: the threshold rounded to it, as numpy does
+        raw_values = _native.select_candidates(data, channels_first, num_classes,
+                                               float(raw_nc.dtype.type(pre_thr)), multi_label)
+        points, labels, values = (np.frombuffer(b, t) for b, t in zip(raw_values, (np.int64, np.int64, np.float32)))
+    else:
+        points, labels, values = _raw_values_numpy(raw_nc, num_classes, pre_thr, multi_label)
+    points, labels, scores = _scored(points, labels, values, score_thr, scores_are_sigmoid, raw_nc.dtype.itemsize)
     if len(points) == 0:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64)
+    if native is not None:
+        kept, boxes = _native.decode_nms(data, channels_first, num_classes, reg_max, priors, input_hw[0], input_hw[1],
+                                         points, labels, scores, float(iou_thr), int(max_det))
+        keep = np.frombuffer(kept, np.int64)
+        return np.frombuffer(boxes, np.float32).reshape(-1, 4), scores[keep], labels[keep]
     points_xyxy, signed_strides, limits = _decode_constants(input_hw, strides)
     boxes = _place_boxes(_bin_distances(raw_nc[points, num_classes:], reg_max), signed_strides[points],
                          points_xyxy[points], limits)

@@ -240,3 +240,118 @@ def test_batch_axis_and_errors():
         postprocess(raw[0, :-1], (64, 64), STRIDES, 7, 0.05, 0.6, 100, False)  # one point short
     with pytest.raises(ModelOutputError, match="does not fit"):
         postprocess(raw[0, :, :32], (64, 64), STRIDES, 7, 0.05, 0.6, 100, False)  # no class channels
+
+
+# -- the compiled decode + NMS against the numpy one (its reference) -------------------------------
+def _both(raw, *args, **kwargs):
+    """postprocess through the compiled path and through numpy (NANOPLUS_NATIVE=0)."""
+    if not pp.native_enabled():
+        pytest.skip("nanoplus.runtime._native is not built (or NANOPLUS_NATIVE=0): nothing to compare")
+    native = postprocess(raw, *args, **kwargs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NANOPLUS_NATIVE", "0")
+        assert pp.implementation() == "numpy"
+        reference = postprocess(raw, *args, **kwargs)
+    return native, reference
+
+
+def _assert_native_matches(native, reference):
+    """Same rows in the same order, scores bit-equal; boxes to 1e-4 px (exp and the bin sums are
+    libm's / C++'s against numpy's, a few float32 ulps apart)."""
+    (boxes, scores, labels), (ref_boxes, ref_scores, ref_labels) = native, reference
+    assert boxes.dtype == np.float32 and scores.dtype == np.float32 and labels.dtype == np.int64
+    assert boxes.shape == ref_boxes.shape
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_array_equal(scores.view(np.uint32), ref_scores.view(np.uint32))
+    np.testing.assert_allclose(boxes, ref_boxes, rtol=0, atol=1e-4)
+    assert boxes.flags.writeable and scores.flags.writeable and labels.flags.writeable
+
+
+def _random_output(rng, input_hw, num_classes, sigmoid_scores, dtype, layout, offset=-2.0):
+    n = len(make_center_priors(input_hw, STRIDES))
+    raw = rng.normal(0, 1.5, (n, num_classes + 32)).astype(np.float32)
+    raw[:, :num_classes] += offset
+    if sigmoid_scores:
+        raw[:, :num_classes] = 1 / (1 + np.exp(-raw[:, :num_classes]))
+    raw = raw.astype(dtype)
+    return np.ascontiguousarray(raw.T).T if layout == "CN" else raw
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["NC", "CN"])
+@pytest.mark.parametrize("sigmoid_scores", [False, True])
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_native_matches_numpy(dtype, layout, sigmoid_scores, multi_label):
+    rng = np.random.default_rng(11)
+    for input_hw, num_classes, score_thr, max_det in [((64, 96), 5, 0.05, 0), ((96, 64), 80, 0.05, 100),
+                                                      ((64, 64), 3, 0.35, 100), ((128, 64), 20, 0.3, 7)]:
+        raw = _random_output(rng, input_hw, num_classes, sigmoid_scores, dtype, layout)
+        native, reference = _both(raw, input_hw, STRIDES, 7, score_thr, 0.5, max_det, sigmoid_scores, multi_label)
+        assert len(reference[0]) > 0
+        _assert_native_matches(native, reference)
+
+
+def test_native_matches_numpy_on_upstream_case(case):
+    arrays, meta = case
+    for i in range(meta["batch_size"]):
+        for raw in (arrays["pp_in"][i], np.ascontiguousarray(arrays["pp_in"][i].T).T):
+            for max_det in (meta["postprocess"]["max_num"], 0, 3):
+                _assert_native_matches(*_both(raw, meta["input_hw"], meta["strides"], meta["reg_max"], 0.05,
+                                              meta["postprocess"]["nms_iou"], max_det, False))
+
+
+def test_native_ties_keep_point_class_order():
+    """Equal scores (the same logit at many points and classes, and distinct logits whose float32
+    sigmoid rounds to one value) keep (point, class) order, as numpy's stable sort does."""
+    n = len(make_center_priors((64, 64), STRIDES))
+    raw = np.full((n, 4 + 32), -9.0, np.float32)
+    raw[:, 4:] = 0
+    rng = np.random.default_rng(3)
+    points = rng.choice(n, 40, replace=False)
+    raw[points, :4] = 1.25  # 160 candidates of one score, boxes far apart or identical
+    raw[points[:10], 4:] = rng.normal(0, 2, (10, 32))
+    big = np.float32(17.0)  # sigmoid rounds to 1.0 for every logit from ~16.6 on
+    raw[points[40 - 5:], 1] = big + np.arange(5, dtype=np.float32)
+    for multi_label in (True, False):
+        for layout_raw in (raw, np.ascontiguousarray(raw.T).T):
+            native, reference = _both(layout_raw, (64, 64), STRIDES, 7, 0.3, 0.6, 0, False, multi_label)
+            assert len(np.unique(reference[1])) < len(reference[1])  # there are ties
+            _assert_native_matches(native, reference)
+
+
+def test_native_edge_cases():
+    n = len(make_center_priors((64, 64), STRIDES))
+    rng = np.random.default_rng(5)
+    # nothing above the threshold
+    raw = np.full((n, 2 + 32), -9.0, np.float32)
+    (boxes, scores, labels), reference = _both(raw, (64, 64), STRIDES, 7, 0.05, 0.6, 100, False)
+    assert boxes.shape == (0, 4) and scores.shape == (0,) and labels.shape == (0,)
+    _assert_native_matches((boxes, scores, labels), reference)
+    # NaN / inf in class and bin channels, thresholds 0 and 1, a batch axis
+    raw = rng.normal(0, 2, (n, 3 + 32)).astype(np.float32)
+    raw[rng.choice(n, 20), rng.integers(0, 35, 20)] = np.nan
+    raw[rng.choice(n, 20), rng.integers(0, 35, 20)] = np.inf
+    raw[rng.choice(n, 20), rng.integers(0, 35, 20)] = -np.inf
+    for score_thr in (0.0, 0.05, 0.5, 1.0):
+        for multi_label in (True, False):
+            native, reference = _both(raw[None], (64, 64), STRIDES, 7, score_thr, 0.6, 0, False, multi_label)
+            np.testing.assert_array_equal(native[2], reference[2])
+            np.testing.assert_array_equal(native[1].view(np.uint32), reference[1].view(np.uint32))
+            np.testing.assert_allclose(native[0], reference[0], rtol=0, atol=1e-4)  # NaN where numpy has NaN
+    # a strided view that is neither layout is copied, and decoded the same
+    wide = np.zeros((n, 2 * (3 + 32)), np.float32)
+    wide[:, ::2] = raw
+    _assert_native_matches(*_both(wide[:, ::2], (64, 64), STRIDES, 7, 0.05, 0.6, 100, False))
+
+
+def test_native_threshold_in_each_precision():
+    """Values at the rounded threshold of each precision: the compiled compare is numpy's."""
+    n = len(make_center_priors((64, 64), STRIDES))
+    for dtype in (np.float16, np.float32, np.float64):
+        for score_thr, sigmoid_scores in ((0.35, True), (0.05, False), (0.99, False), (0.3, True)):
+            pre = pp._pre_threshold(score_thr, sigmoid_scores)
+            raw = np.full((n, 1 + 32), -30 if not sigmoid_scores else 0, dtype)
+            t = dtype(pre)
+            raw[:6, 0] = [t, np.nextafter(t, dtype(10)), np.nextafter(t, dtype(-10)),
+                          np.nextafter(np.nextafter(t, dtype(10)), dtype(10)), dtype(score_thr), dtype(1)]
+            _assert_native_matches(*_both(raw, (64, 64), STRIDES, 7, score_thr, 0.99, 0, sigmoid_scores))

@@ -187,7 +187,8 @@ RawOutput Detector::raw_view(const ncnn::Mat& output) const {
                     ", layout " + meta_.layout + ") expects (" + std::to_string(rows) + ", " + std::to_string(cols) +
                     "); fix the metadata or the --input-size / --layout flags");
     RawOutput raw;
-    raw.data = output;
+    raw.data = static_cast<const float*>(output);
+    raw.type = ScalarType::F32;
     raw.num_points = num_points;
     raw.num_channels = num_channels;
     raw.channels_first = cn;

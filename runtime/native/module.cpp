@@ -6,6 +6,7 @@
 
 #include <cstring>
 
+#include "decode_nms_module.h"
 #include "warp_normalize.h"
 
 namespace {
@@ -83,9 +84,10 @@ PyMethodDef methods[] = {
      "cv2.warpPerspective computes it (bilinear, border 0, rounded), then v * mul[c] + add[c].\n"
      "to_rgb: plane 0 reads channel 2. simd=False forces the portable path."},
     {"simd", py_simd, METH_NOARGS, "the vector instructions the fast path uses here ('none': portable code)"},
+    NANOPLUS_DECODE_NMS_METHODS,
     {nullptr, nullptr, 0, nullptr}};
 
-PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "Compiled pre-processing for nanoplus.runtime", -1, methods,
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "Compiled pre-processing, decoding and NMS for nanoplus.runtime", -1, methods,
                       nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace
