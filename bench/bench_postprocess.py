@@ -6,8 +6,11 @@ run by the runtime on the shared photos: the fp16 ncnn model gives raw logits ch
 scores (N, 112). Each case (model x threshold: 0.35 = edge default, 0.05 = upstream's
 evaluation; IoU 0.6, max 100) runs on every photo per round, rounds interleave the cases (so a
 busy period of a shared machine hits all alike), and the median time per image is printed with
-the candidate and detection counts. Pre-processing (warp + normalise) and boxes_to_original are
-timed the same way for scale. Single thread (numpy's element-wise work is single-threaded anyway).
+the candidate and detection counts. Each decode+NMS case runs twice per round, through the
+compiled path (``nanoplus.runtime._native``, when built) and through numpy (NANOPLUS_NATIVE=0),
+so the two are compared A/B in the same rounds. Pre-processing (warp + normalise) and
+boxes_to_original are timed the same way for scale. Single thread (numpy's element-wise work is
+single-threaded anyway).
 
     python3 bench/bench_postprocess.py [--rounds 300] [--images dog,horses,...] [--shared ../shared]
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+import nanoplus.runtime.postprocess as postprocess_module
 from nanoplus.runtime.detector import Detector
 from nanoplus.runtime.images import read_image
 from nanoplus.runtime.postprocess import postprocess, sigmoid
@@ -63,22 +67,26 @@ def main() -> int:
     images = {name: read_image(assets / "images" / f"{name}.jpg") for name in args.images.split(",")}
     outputs = {label: raw_outputs(assets / "models" / folder, images) for label, folder in MODELS.items()}
 
+    implementations = ["native", "numpy"] if postprocess_module.native_enabled() else ["numpy"]
     cases = []  # (label, fn running every photo once, counts per photo or None)
     for score_thr in (0.35, 0.05):
         for label, items in outputs.items():
-            def decode_and_nms(items=items, score_thr=score_thr):
-                for raw, meta, _, _ in items:
-                    postprocess(raw, meta.input_hw, meta.strides, meta.reg_max, score_thr, 0.6, 100,
-                                meta.score_activation == "sigmoid")
+            for implementation in implementations:
+                def decode_and_nms(items=items, score_thr=score_thr, implementation=implementation):
+                    os.environ["NANOPLUS_NATIVE"] = "1" if implementation == "native" else "0"
+                    for raw, meta, _, _ in items:
+                        postprocess(raw, meta.input_hw, meta.strides, meta.reg_max, score_thr, 0.6, 100,
+                                    meta.score_activation == "sigmoid")
+                    os.environ.pop("NANOPLUS_NATIVE")
 
-            counts = []
-            for raw, meta, _, _ in items:
-                cls = raw[:, :meta.num_classes]
-                scores = cls if meta.score_activation == "sigmoid" else sigmoid(cls)
-                kept = postprocess(raw, meta.input_hw, meta.strides, meta.reg_max, score_thr, 0.6, 100,
-                                   meta.score_activation == "sigmoid")[0]
-                counts.append((int((scores > score_thr).sum()), len(kept)))
-            cases.append((f"decode+NMS  {label:<23} score>{score_thr:<5}", decode_and_nms, counts))
+                counts = []
+                for raw, meta, _, _ in items:
+                    cls = raw[:, :meta.num_classes]
+                    scores = cls if meta.score_activation == "sigmoid" else sigmoid(cls)
+                    kept = postprocess(raw, meta.input_hw, meta.strides, meta.reg_max, score_thr, 0.6, 100,
+                                       meta.score_activation == "sigmoid")[0]
+                    counts.append((int((scores > score_thr).sum()), len(kept)))
+                cases.append((f"decode+NMS {implementation:<6} {label:<23} score>{score_thr:<5}", decode_and_nms, counts))
 
     meta = outputs[next(iter(MODELS))][0][1]
 
@@ -105,12 +113,13 @@ def main() -> int:
             fn()
             samples[label].append((time.perf_counter_ns() - start) / 1e3 / len(images))
 
-    print(f"numpy {np.__version__}, opencv {cv2.__version__}; {args.rounds} interleaved rounds over "
+    print(f"numpy {np.__version__}, opencv {cv2.__version__}, decode+NMS {'/'.join(implementations)}; "
+          f"{args.rounds} interleaved rounds over "
           f"{len(images)} photos; microseconds per image: median (p10-p90)")
     for label, _, counts in cases:
         values = sorted(samples[label])
         p10, p90 = values[len(values) // 10], values[(9 * len(values)) // 10]
-        line = f"{label:<56} {statistics.median(values):8.1f} us ({p10:.0f}-{p90:.0f})"
+        line = f"{label:<63} {statistics.median(values):8.1f} us ({p10:.0f}-{p90:.0f})"
         if counts:
             line += (f"   candidates {statistics.mean(c for c, _ in counts):6.1f}, "
                      f"kept {statistics.mean(k for _, k in counts):5.1f} per image")
