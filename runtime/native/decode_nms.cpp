@@ -236,6 +236,7 @@ size_t decode_nms(const RawOutput& raw, int num_classes, int reg_max, const floa
     std::stable_sort(order.begin(), order.end(), [scores](size_t a, size_t b) { return scores[a] > scores[b]; });
     const size_t max_keep = max_det > 0 ? std::min(static_cast<size_t>(max_det), n) : n;
     const float w = static_cast<float>(input_w), h = static_cast<float>(input_h);
+    std::vector<std::vector<size_t>> kept_of_class(static_cast<size_t>(num_classes));  // positions in kept[]
     size_t num_kept = 0;
     for (size_t i = 0; i < n && num_kept < max_keep; ++i) {
         const size_t cand = order[i];
@@ -246,10 +247,13 @@ size_t decode_nms(const RawOutput& raw, int num_classes, int reg_max, const floa
             case ScalarType::F32: decode_typed<float>(raw, point, num_classes, priors + 4 * point, reg_max, w, h, box); break;
             case ScalarType::F64: decode_typed<double>(raw, point, num_classes, priors + 4 * point, reg_max, w, h, box); break;
         }
+        std::vector<size_t>& same_class = kept_of_class[static_cast<size_t>(classes[cand])];
         bool suppressed = false;
-        for (size_t k = 0; k < num_kept && !suppressed; ++k)
-            suppressed = classes[kept[k]] == classes[cand] && iou(boxes + 4 * k, box) > iou_thr;
-        if (!suppressed) kept[num_kept++] = static_cast<int64_t>(cand);
+        for (size_t k = 0; k < same_class.size() && !suppressed; ++k) suppressed = iou(boxes + 4 * same_class[k], box) > iou_thr;
+        if (!suppressed) {
+            same_class.push_back(num_kept);
+            kept[num_kept++] = static_cast<int64_t>(cand);
+        }
     }
     return num_kept;
 }

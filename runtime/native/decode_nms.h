@@ -68,7 +68,7 @@ struct Candidates {
 void select_candidates(const RawOutput& raw, int num_classes, double threshold, bool multi_label, Candidates& out);
 
 // Greedy class-aware NMS over n scored candidates, decoding each box as it is reached.
-// points[i] / classes[i] / scores[i] describe candidate i (scores are never NaN); priors has
+// points[i] / classes[i] / scores[i] describe candidate i (classes in [0, num_classes), scores never NaN); priors has
 // raw.num_points rows of 4 (make_center_priors). Writes at most max_det (<= 0: n) survivors, best first (stable for equal
 // scores): their candidate indices to kept[] and boxes (x1, y1, x2, y2) to boxes[4 * j ...].
 // Returns the number written.
