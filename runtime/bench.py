@@ -133,6 +133,13 @@ def preprocess_implementation() -> str:
     return implementation()
 
 
+def postprocess_implementation() -> str:
+    """What ``Detector.postprocess`` decodes with here (compiled or numpy), for the run record."""
+    from nanoplus.runtime.postprocess import implementation
+
+    return implementation()
+
+
 # bench --precision -> the Detector's precision argument
 ENGINE_PRECISION = {"f32": "fp32", "native": "auto", "bf16": "bf16"}
 

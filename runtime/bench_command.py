@@ -197,6 +197,7 @@ def measure_models(args) -> dict:
         "settle_ms": args.settle,
         "precision_policy": args.precision,
         "preprocess_implementation": bench.preprocess_implementation(),
+        "postprocess_implementation": bench.postprocess_implementation(),
         "postprocess": {"score_thr": args.score_thr, "iou_thr": args.iou_thr, "max_det": args.max_det},
         "image": image_info,
     }

@@ -221,7 +221,8 @@ def render_markdown(documents: list[dict], baseline: Optional[str] = "torch") ->
             settle = f", {run['settle_ms']:g} ms pause before each case" if run.get("settle_ms") else ""
             out.append(f"- Run: {run.get('rounds')} interleaved rounds{settle} after {run.get('warmup')} warm-up iterations, "
                        f"{run.get('duration_s')} s measured, precision policy {run.get('precision_policy')}, "
-                       f"pre-processing {run.get('preprocess_implementation') or 'not recorded'}, image "
+                       f"pre-processing {run.get('preprocess_implementation') or 'not recorded'}, decode/NMS "
+                       f"{run.get('postprocess_implementation') or 'not recorded'}, image "
                        f"{image.get('source')} ({image.get('width')}x{image.get('height')}), post-processing "
                        + ", ".join(f"{k} {v}" for k, v in (run.get("postprocess") or {}).items()))
             cond = run.get("conditions") or {}
