@@ -28,7 +28,7 @@ command exits with status 2.
 
 examples:
   nanoplus export runs/exp/best.ckpt --format onnx
-  nanoplus export best.ckpt --format all --imgsz 320 416 --half
+  nanoplus export best.ckpt --format all --input-size 320x416 --half
   nanoplus export best.ckpt --format openvino --int8 --calib coco/ --check coco/
   nanoplus export m416.ckpt --format all --half --int8 --calib tiny_coco/ --check tiny_coco/ --threads 1
 """
@@ -55,8 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="nanoplus checkpoint (nanoplus train / nanoplus import)")
     parser.add_argument("--format", default="onnx", metavar="FMT",
                         help="onnx, openvino, ncnn or all; several joined by commas (default: onnx)")
-    parser.add_argument("--imgsz", type=int, nargs="+", metavar=("H", "W"),
-                        help="input height and width, multiples of 32 (one value: square); default: the checkpoint's data.input_hw")
+    parser.add_argument("--input-size", default=None, metavar="SIZE",
+                        help="network input: 416 or HEIGHTxWIDTH such as 320x416, multiples of 32; default: the "
+                             "checkpoint's data.input_hw")
+    parser.add_argument("--imgsz", type=int, nargs="+", help=argparse.SUPPRESS)  # old spelling: --imgsz H W
     parser.add_argument("--half", action="store_true", help="also write fp16 OpenVINO and NCNN files")
     parser.add_argument("--int8", action="store_true", help="also write an INT8 OpenVINO file (needs --calib)")
     parser.add_argument("--calib", metavar="DATA", help="calibration data for --int8 (COCO folder/json, YOLO YAML or VOC folder)")
@@ -94,37 +96,43 @@ def parse_formats(text: str) -> list[str]:
     return [f for f in FORMATS if f in names]
 
 
-def parse_imgsz(values, default_hw) -> list[int]:
-    if not values:
-        hw = list(default_hw)
-    elif len(values) == 1:
-        hw = [values[0], values[0]]
-    elif len(values) == 2:
-        hw = list(values)
-    else:
-        raise ExportCommandError(f"--imgsz takes H W (or one value for a square input), got {values}")
+def export_input_hw(args, default_hw) -> list[int]:
+    """--input-size (416 or HxW), or the old spelling --imgsz H W; default: the checkpoint's size.
+    Height and width must be multiples of 32."""
+    from nanoplus.runtime.detector import parse_input_size
+
+    text = args.input_size
+    if args.imgsz is not None:
+        if text is not None:
+            raise ExportCommandError("give --input-size only (--imgsz H W is its old spelling)")
+        if len(args.imgsz) > 2:
+            raise ExportCommandError(f"--imgsz takes H W (or one value for a square input), got {args.imgsz}; "
+                                     "write --input-size HxW")
+        text = "x".join(str(v) for v in args.imgsz)
+        print(f"nanoplus export: --imgsz H W is deprecated; write --input-size {text}", file=sys.stderr)
+    try:
+        hw = list(parse_input_size(text)) if text is not None else list(default_hw)
+    except NanoplusError as e:
+        raise ExportCommandError(f"--input-size: {e}") from None
     if any(v <= 0 or v % 32 for v in hw):
-        raise ExportCommandError(f"--imgsz {hw[0]} {hw[1]}: height and width must be positive multiples of 32 "
+        raise ExportCommandError(f"--input-size {hw[0]}x{hw[1]}: height and width must be positive multiples of 32 "
                                  "(the stride-32 feature maps must tile the input)")
     return hw
 
 
 def file_size(path: Path) -> int:
     """Bytes on disk of a model: the graph file plus its weights file."""
-    size = path.stat().st_size
-    weights = path.with_suffix(".bin")
-    if path.suffix in (".xml", ".param") and weights.is_file():
-        size += weights.stat().st_size
-    return size
+    from nanoplus.runtime.backends import model_files
+
+    return sum(p.stat().st_size for p in model_files(path) if p.is_file())
 
 
 def companion_files(path: Path) -> list[Path]:
-    """The model file, its weights file (.bin for .xml/.param) and its sidecar .json."""
-    files = [path]
-    if path.suffix in (".xml", ".param"):
-        files.append(path.with_suffix(".bin"))
-    files.append(path.with_suffix(".json"))
-    return files
+    """The model's files (graph, .bin weights, ONNX external data) and its sidecar .json."""
+    from nanoplus.runtime.backends import model_files
+    from nanoplus.runtime.metadata import sidecar_path
+
+    return model_files(path) + [sidecar_path(path)]
 
 
 def move_model(path: Path, dest: Path) -> Path:
@@ -144,7 +152,7 @@ def human_size(num_bytes: int) -> str:
 
 def export_meta(cfg, class_names, input_hw):
     """The metadata every exported file starts from (each exporter sets its own names/precision)."""
-    from nanoplus.train.dataset import meta_from_config
+    from nanoplus.runtime.metadata import meta_from_config
 
     meta = meta_from_config(cfg, class_names)
     meta.input_hw = [int(input_hw[0]), int(input_hw[1])]
@@ -296,7 +304,7 @@ def run(args) -> int:
 
     ckpt = Path(args.checkpoint)
     model, cfg, class_names = load_model_for_inference(str(ckpt))
-    input_hw = parse_imgsz(args.imgsz, cfg.data.input_hw)
+    input_hw = export_input_hw(args, cfg.data.input_hw)
     meta = export_meta(cfg, class_names, input_hw)
     out_dir = Path(args.out_dir) if args.out_dir else ckpt.parent
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from nanoplus.errors import NanoplusError
+from nanoplus.runtime.datasets import IMAGE_SUFFIXES
 from nanoplus.runtime.images import ImageReadError, read_image
 from nanoplus.runtime.metadata import ModelMeta
 
@@ -51,7 +52,6 @@ PARITY_BOUNDS = {
     "int8": (2.5e-1, 32.0),
 }
 _COARSENESS = ["fp32", "fp16", "bf16", "int8"]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class ParityError(NanoplusError, RuntimeError):

@@ -30,13 +30,9 @@ Run 'nanoplus COMMAND --help' for a command's options."""
 
 
 from nanoplus.errors import NanoplusError
+from nanoplus.install import OPTIONAL_PACKAGES
 
 
-# optional package -> the extra that installs it (pyproject.toml)
-OPTIONAL_PACKAGES = {
-    "torch": "train", "matplotlib": "train", "onnx": "export", "onnxslim": "export", "onnxsim": "export",
-    "pnnx": "export", "nncf": "export", "onnxruntime": "onnxruntime", "openvino": "openvino", "ncnn": "ncnn",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,12 @@ from __future__ import annotations
 import re
 from importlib import metadata
 
+# optional package -> the extra of pyproject.toml that installs it
+OPTIONAL_PACKAGES = {
+    "torch": "train", "matplotlib": "train", "onnx": "export", "onnxslim": "export", "onnxsim": "export",
+    "pnnx": "export", "nncf": "export", "onnxruntime": "onnxruntime", "openvino": "openvino", "ncnn": "ncnn",
+}
+
 # PyPI's default torch is a multi-GB CUDA build; this is the CPU wheel the project is tested with
 # (the same pin as requirements/lock.txt)
 TORCH_CPU = "torch==2.13.0"

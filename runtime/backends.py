@@ -22,16 +22,17 @@ from typing import Optional
 import numpy as np
 
 from nanoplus.errors import NanoplusError
+from nanoplus.install import OPTIONAL_PACKAGES
+from nanoplus.runtime.metadata import meta_from_config
 
-# backend name -> (python module, pip extra)
-ENGINES = {
-    "onnxruntime": ("onnxruntime", "onnxruntime"),
-    "openvino": ("openvino", "openvino"),
-    "ncnn": ("ncnn", "ncnn"),
-    "torch": ("torch", "train"),
-}
+# backend name -> the Python module of its engine (OPTIONAL_PACKAGES says which extra installs it)
+ENGINES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "ncnn": "ncnn", "torch": "torch"}
 BACKEND_NAMES = tuple(ENGINES)
 CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt")
+# model file suffix -> its format; backend -> the suffixes it opens
+MODEL_FORMATS = {".onnx": "onnx", ".xml": "openvino", ".param": "ncnn", **{s: "torch" for s in CHECKPOINT_SUFFIXES}}
+BACKEND_SUFFIXES = {"onnxruntime": (".onnx",), "openvino": (".onnx", ".xml"), "ncnn": (".param",),
+                    "torch": CHECKPOINT_SUFFIXES}
 
 
 class BackendUnavailableError(NanoplusError, ImportError):
@@ -44,7 +45,8 @@ class ModelFileError(NanoplusError, OSError):
 
 def import_engine(backend: str, model_path) -> object:
     """The engine's Python module; not installed: an error naming ``model_path`` and the extra to install."""
-    module, extra = ENGINES[backend]
+    module = ENGINES[backend]
+    extra = OPTIONAL_PACKAGES[module]
     try:
         return __import__(module)
     except ImportError as e:
@@ -59,7 +61,7 @@ def import_engine(backend: str, model_path) -> object:
 def _engine_installed(backend: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec(ENGINES[backend][0]) is not None
+    return importlib.util.find_spec(ENGINES[backend]) is not None
 
 
 def resolve_model_path(model_path) -> Path:
@@ -68,7 +70,7 @@ def resolve_model_path(model_path) -> Path:
     if not path.exists():
         raise ModelFileError(f"{path}: model file not found; check the path")
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix in (".onnx", ".xml", ".param") + CHECKPOINT_SUFFIXES)
+        found = sorted(p for p in path.iterdir() if p.suffix in MODEL_FORMATS)
         if len(found) != 1:
             names = ", ".join(p.name for p in found) or "none"
             raise ModelFileError(
@@ -84,18 +86,25 @@ def resolve_model_path(model_path) -> Path:
     return path
 
 
+def model_files(path: Path) -> list[Path]:
+    """The files one model is made of, present or not: the graph file, the weights beside an
+    OpenVINO .xml or ncnn .param (.bin), and an ONNX file's external data."""
+    path = Path(path)
+    files = [path]
+    if path.suffix.lower() in (".xml", ".param"):
+        files.append(path.with_suffix(".bin"))
+    elif path.suffix.lower() == ".onnx":
+        files.extend((path.with_name(path.name + ".data"), path.with_suffix(".onnx_data")))
+    return files
+
+
 def choose_backend(model_path: Path, backend: str = "auto") -> str:
     """The backend for a file: the user's choice, or from the file suffix."""
     suffix = model_path.suffix.lower()
     if backend != "auto":
         if backend not in ENGINES:
             raise NanoplusError(f"unknown backend '{backend}'; choose one of auto, {', '.join(ENGINES)}")
-        allowed = {
-            "onnxruntime": (".onnx",),
-            "openvino": (".onnx", ".xml"),
-            "ncnn": (".param",),
-            "torch": CHECKPOINT_SUFFIXES,
-        }[backend]
+        allowed = BACKEND_SUFFIXES[backend]
         if suffix not in allowed:
             raise ModelFileError(
                 f"{model_path}: the {backend} backend opens {'/'.join(allowed)} files, not '{suffix}'"
@@ -243,29 +252,16 @@ class OpenVinoBackend:
 def read_ncnn_blob_names(param_path: Path) -> tuple[str, str]:
     """(input blob, output blob) of an ncnn .param: the first Input layer's blob, and the blob no
     layer consumes (the last layer's output when several are unconsumed)."""
+    from nanoplus.runtime.ncnn_param import NcnnFormatError, input_blobs, output_blobs, parse_param
+
     try:
-        lines = param_path.read_text(encoding="utf-8", errors="replace").split("\n")
-    except OSError as e:
-        raise ModelFileError(f"{param_path}: cannot read the ncnn .param file ({e})") from None
-    if not lines or lines[0].strip() != "7767517":
-        raise ModelFileError(f"{param_path}: not a text ncnn .param file (the first line must be the magic 7767517)")
-    input_blob, produced, consumed = None, [], set()
-    for line in lines[2:]:
-        parts = line.split()
-        if len(parts) < 4:
-            continue
-        if not (parts[2].isdigit() and parts[3].isdigit()):
-            raise ModelFileError(f"{param_path}: malformed layer line in the ncnn .param: {line.strip()[:80]!r}")
-        layer_type, n_in, n_out = parts[0], int(parts[2]), int(parts[3])
-        bottoms, tops = parts[4:4 + n_in], parts[4 + n_in:4 + n_in + n_out]
-        if layer_type == "Input" and input_blob is None and tops:
-            input_blob = tops[0]
-        consumed.update(bottoms)
-        produced.extend(tops)
-    outputs = [b for b in produced if b not in consumed]
-    if input_blob is None or not outputs:
+        layers = parse_param(param_path)
+    except NcnnFormatError as e:
+        raise ModelFileError(str(e)) from None
+    inputs, outputs = input_blobs(layers), output_blobs(layers)
+    if not inputs or not outputs:
         raise ModelFileError(f"{param_path}: no Input layer or no output blob found in the ncnn .param")
-    return input_blob, outputs[-1]
+    return inputs[0], outputs[-1]
 
 
 class NcnnBackend:
@@ -329,7 +325,6 @@ class TorchBackend:
         torch = import_engine("torch", path)
         try:
             from nanoplus.train.checkpoint import load_model_for_inference
-            from nanoplus.train.dataset import meta_from_config
         except ImportError as e:
             raise BackendUnavailableError(f"{path}: the torch backend needs nanoplus's training code ({e})") from None
         precision = precision or "fp32"

@@ -55,7 +55,7 @@ class Case:
     model_path: str
     backend: str
     threads: Optional[int]
-    imgsz: Optional[tuple[int, int]]
+    input_size: Optional[tuple[int, int]]  # (height, width) asked for, None: the model's own
     detector: object = None
     load_ms: Optional[float] = None
     warmup_ms: list[float] = field(default_factory=list)
@@ -74,7 +74,7 @@ class Case:
         meta = getattr(self.detector, "meta", None)
         if meta is not None:
             return [int(v) for v in meta.input_hw]
-        return list(self.imgsz) if self.imgsz else None
+        return list(self.input_size) if self.input_size else None
 
 
 def apply_threads(case: Case) -> None:
@@ -173,11 +173,11 @@ def open_case(case: Case, precision: str = "f32", score_thr: float = 0.35, iou_t
         case.detector = Detector(
             str(path), backend=case.backend, threads=case.threads, score_thr=score_thr, iou_thr=iou_thr,
             max_det=max_det, precision=ENGINE_PRECISION[precision],
-            input_size=list(case.imgsz) if case.imgsz else None,
+            input_size=list(case.input_size) if case.input_size else None,
         )
     except NanoplusError as e:
-        if case.imgsz:  # the Detector names its own flag; say which bench option asked for the size
-            raise BenchError(f"{e} (asked with --imgsz {case.imgsz[0]}x{case.imgsz[1]}: leave --imgsz out to "
+        if case.input_size:  # the Detector names its own flag; say which bench option asked for the size
+            raise BenchError(f"{e} (asked with --input-size {case.input_size[0]}x{case.input_size[1]}: leave it out to "
                              "run the model at its own size, or export the model at that size)") from None
         raise
     except Exception as e:  # an engine's own exception type: say which file and backend, not where

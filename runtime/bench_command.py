@@ -17,6 +17,7 @@ examples:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -29,12 +30,7 @@ from nanoplus.runtime import bench
 from nanoplus.runtime.bench import BenchError
 from nanoplus.runtime.bench_machine import machine_info
 from nanoplus.runtime.bench_report import plot_distributions, render_markdown, render_text
-from nanoplus.runtime.bench_results import build_document, file_sha256, load_document, model_format
-
-BACKENDS = ("auto", "onnxruntime", "openvino", "ncnn", "torch")
-
-# Which file formats each backend reads, to pair models with a list of backends.
-BACKEND_FORMATS = {"onnxruntime": ("onnx",), "openvino": ("onnx", "openvino"), "ncnn": ("ncnn",), "torch": ("torch",)}
+from nanoplus.runtime.bench_results import build_document, file_sha256, load_document
 
 
 def add_arguments(parser) -> None:
@@ -46,9 +42,10 @@ def add_arguments(parser) -> None:
                              "on every listed backend that reads its format (default: auto, one per model)")
     parser.add_argument("--threads", default="1",
                         help="comma-separated thread counts, e.g. 1,2,4; 'default' leaves the engine's own (default: 1)")
-    parser.add_argument("--imgsz", default=None,
+    parser.add_argument("--input-size", default=None, metavar="SIZES",
                         help="comma-separated input sizes (416 or HEIGHTxWIDTH); default: each model's own size. "
                              "Sizes other than a model's own need a model that accepts them (ncnn, dynamic ONNX / OpenVINO)")
+    parser.add_argument("--imgsz", default=None, help=argparse.SUPPRESS)  # the old spelling of --input-size
     parser.add_argument("--precision", choices=("f32", "native", "bf16"), default="f32",
                         help="f32 (default): every engine computes in float32 (OpenVINO would pick bf16 on CPUs that "
                              "have it); native: each engine's own default, recorded per result; bf16: OpenVINO and "
@@ -119,14 +116,26 @@ def parse_threads(text: str) -> list[Optional[int]]:
     return list(dict.fromkeys(values))
 
 
-def parse_imgsz(text: str) -> tuple[int, int]:
-    """'416' -> (416, 416); '320x416' -> (height 320, width 416)."""
+def input_size_option(args) -> Optional[str]:
+    """--input-size, or the old spelling --imgsz with a note to move on."""
+    if args.imgsz is None:
+        return args.input_size
+    if args.input_size is not None:
+        raise BenchError("give --input-size only (--imgsz is its old spelling)")
+    print("nanoplus bench: --imgsz is deprecated; write --input-size (same values)", file=sys.stderr)
+    return args.imgsz
+
+
+def parse_sizes(text: Optional[str]) -> list:
+    """'416,320x416' -> [(416, 416), (320, 416)] (height, width); None -> [None] (each model's own)."""
     from nanoplus.runtime.detector import parse_input_size
 
+    if not text:
+        return [None]
     try:
-        return parse_input_size(text.strip())
+        return [parse_input_size(part.strip()) for part in text.split(",")]
     except NanoplusError as e:
-        raise BenchError(f"--imgsz: {e}") from None
+        raise BenchError(f"--input-size: {e}") from None
 
 
 def plan_cases(models: list[str], backends: list[str], threads: list[Optional[int]], sizes: list) -> list:
@@ -135,34 +144,36 @@ def plan_cases(models: list[str], backends: list[str], threads: list[Optional[in
     With ``auto`` each model runs on the backend the Detector picks for its format; with a list of
     backends, each model runs on every listed backend that reads its format.
     """
-    unknown = [b for b in backends if b not in BACKENDS]
+    from nanoplus.runtime.backends import BACKEND_NAMES, BACKEND_SUFFIXES, resolve_model_path
+
+    unknown = [b for b in backends if b != "auto" and b not in BACKEND_NAMES]
     if unknown:
-        raise BenchError(f"--backend: unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+        raise BenchError(f"--backend: unknown backend(s) {unknown}; choose from auto, {', '.join(BACKEND_NAMES)}")
     cases, used = [], set()
     for model in dict.fromkeys(models):  # a file given twice is measured once
         path = Path(model)
         if path.is_dir():  # a folder holding one model file, as the Detector accepts
-            from nanoplus.runtime.backends import resolve_model_path
-
             path = resolve_model_path(path)
         if not path.is_file():
             hint = " (an OpenVINO IR is given by its .xml, an ncnn model by its .param)" if path.suffix == ".bin" else ""
             raise BenchError(f"{model}: no such model file{hint}; check the path")
-        fmt = model_format(path)
-        chosen = [b for b in backends if b == "auto" or fmt in BACKEND_FORMATS[b]]
+        if path.suffix.lower() == ".bin":  # weights: the graph file beside them is the model
+            path = resolve_model_path(path)
+        suffix = path.suffix.lower()
+        chosen = [b for b in backends if b == "auto" or suffix in BACKEND_SUFFIXES[b]]
         if not chosen:
-            readers = [b for b, formats in BACKEND_FORMATS.items() if fmt in formats] or ["none"]
-            raise BenchError(f"{model}: none of --backend {','.join(backends)} reads {fmt} files "
-                             f"(backends for this format: {', '.join(readers)})")
+            readers = [b for b, suffixes in BACKEND_SUFFIXES.items() if suffix in suffixes] or ["none"]
+            raise BenchError(f"{model}: none of --backend {','.join(backends)} reads {suffix} files "
+                             f"(backends for this file type: {', '.join(readers)})")
         used.update(chosen)
         for backend in chosen:
             for size in sizes:
                 for count in threads:
-                    cases.append(bench.Case(model_path=str(path), backend=backend, threads=count, imgsz=size))
+                    cases.append(bench.Case(model_path=str(path), backend=backend, threads=count, input_size=size))
     unused = [b for b in backends if b not in used]
     if unused:
-        formats = "; ".join(f"{b} reads {'/'.join(BACKEND_FORMATS[b])}" for b in unused)
-        raise BenchError(f"--backend {','.join(unused)}: none of the models given has a format it reads ({formats})")
+        formats = "; ".join(f"{b} reads {'/'.join(BACKEND_SUFFIXES[b])}" for b in unused)
+        raise BenchError(f"--backend {','.join(unused)}: none of the models given has a file type it reads ({formats})")
     return cases
 
 
@@ -172,7 +183,7 @@ def measure_models(args) -> dict:
         raise BenchError("--warmup must be at least 1 (the first call is reported apart as the first-run latency)")
     backends = [b.strip().lower() for b in args.backend.split(",") if b.strip()] or ["auto"]
     threads = parse_threads(args.threads)
-    sizes = [parse_imgsz(s) for s in args.imgsz.split(",")] if args.imgsz else [None]
+    sizes = parse_sizes(input_size_option(args))
     cases = plan_cases(args.models, backends, threads, sizes)
     image, image_info = load_image(args.image)
 

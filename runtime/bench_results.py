@@ -161,18 +161,16 @@ def model_record(model_path: str, meta=None) -> dict:
 
 
 def model_format(path: Path) -> str:
-    return {".onnx": "onnx", ".xml": "openvino", ".param": "ncnn", ".bin": "ncnn", ".ckpt": "torch",
-            ".pth": "torch", ".pt": "torch"}.get(path.suffix.lower(), path.suffix.lower().lstrip(".") or "unknown")
+    from nanoplus.runtime.backends import MODEL_FORMATS
+
+    return MODEL_FORMATS.get(path.suffix.lower(), path.suffix.lower().lstrip(".") or "unknown")
 
 
 def model_files(path: Path) -> list[Path]:
-    """The model file and the weight files that travel with it (.xml/.bin, .param/.bin, ONNX external data)."""
-    files = [path]
-    if path.suffix.lower() in (".xml", ".param"):
-        files.append(path.with_suffix(".bin"))
-    elif path.suffix.lower() == ".onnx":
-        files.extend(p for p in (path.with_name(path.name + ".data"), path.with_suffix(".onnx_data")))
-    return [p for p in files if p.is_file()]
+    """The model's files that exist (graph, weights, ONNX external data)."""
+    from nanoplus.runtime import backends
+
+    return [p for p in backends.model_files(path) if p.is_file()]
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

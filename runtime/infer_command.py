@@ -33,7 +33,9 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 # model options shared with `nanoplus eval`
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--backend, --threads, --precision and the foreign-model flags."""
-    parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "ncnn", "torch"),
+    from nanoplus.runtime.backends import BACKEND_NAMES
+
+    parser.add_argument("--backend", default="auto", choices=("auto", *BACKEND_NAMES),
                         help="inference engine (default: from the file type)")
     parser.add_argument("--threads", type=int, default=None, help="engine threads (default: the engine's own)")
     parser.add_argument("--precision", default=None,

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from nanoplus.atomic import write_text_atomic
 from nanoplus.errors import NanoplusError
@@ -154,3 +154,19 @@ def read_sidecar(model_path: str | os.PathLike) -> Optional[ModelMeta]:
     except OSError as e:
         raise MetadataError(f"{path}: cannot read the metadata sidecar ({e.strerror or e})") from None
     return ModelMeta.from_json(text, source=str(path))
+
+
+def meta_from_config(cfg, class_names: Sequence[str]) -> ModelMeta:
+    """The deploy metadata a model trained with ``cfg`` (a ``nanoplus.train.config.Config``, read by
+    attribute only: the runtime does not import train) gets; validation pre-processes with it."""
+    return ModelMeta(
+        class_names=list(class_names),
+        input_hw=list(cfg.data.input_hw),
+        strides=list(cfg.model.head.strides),
+        reg_max=cfg.model.head.reg_max,
+        mean=list(cfg.data.mean),
+        std=list(cfg.data.std),
+        resize_mode="letterbox" if cfg.data.keep_ratio else "stretch",
+        score_activation="none",
+        model_name=cfg.name,
+    )

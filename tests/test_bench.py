@@ -79,7 +79,7 @@ class FakeDetector:
 
 
 def fake_case(name, clock, log, infer_ms, **kwargs):
-    return bench.Case(model_path=f"/nowhere/{name}.onnx", backend="fake", threads=1, imgsz=None,
+    return bench.Case(model_path=f"/nowhere/{name}.onnx", backend="fake", threads=1, input_size=None,
                       detector=FakeDetector(name, clock, log, infer_ms, **kwargs))
 
 
@@ -440,7 +440,7 @@ def test_timed_stages_give_what_the_detector_gives():
 
     param = require(NCNN_PARAM)
     image = cv2.imread(str(require(IMAGES / "dog.jpg")))
-    case = bench.open_case(bench.Case(model_path=str(param), backend="auto", threads=1, imgsz=None))
+    case = bench.open_case(bench.Case(model_path=str(param), backend="auto", threads=1, input_size=None))
     bench.end_to_end_once(case, image, bench.time.perf_counter_ns)
     timed, direct = case.last_detections, case.detector(image)
     assert len(direct) >= 3 and timed.class_names == direct.class_names
@@ -488,9 +488,9 @@ def test_torch_cases_get_their_own_thread_count_before_each_iteration():
     torch = pytest.importorskip("torch", reason="torch is not installed")
     before = torch.get_num_threads()
     backend = SimpleNamespace(name="torch")
-    one = bench.Case(model_path="m.ckpt", backend="torch", threads=1, imgsz=None,
+    one = bench.Case(model_path="m.ckpt", backend="torch", threads=1, input_size=None,
                      detector=SimpleNamespace(backend=backend))
-    default = bench.Case(model_path="m.ckpt", backend="torch", threads=None, imgsz=None,
+    default = bench.Case(model_path="m.ckpt", backend="torch", threads=None, input_size=None,
                          detector=SimpleNamespace(backend=backend), default_threads=2)
     try:
         bench.apply_threads(one)
@@ -516,9 +516,9 @@ def test_opening_a_torch_case_leaves_torch_threads_as_they_were(tmp_path):
     before = torch.get_num_threads()
     wanted = 1 if before != 1 else 2
     try:
-        one = bench.open_case(bench.Case(model_path=str(ckpt), backend="torch", threads=wanted, imgsz=None))
+        one = bench.open_case(bench.Case(model_path=str(ckpt), backend="torch", threads=wanted, input_size=None))
         assert torch.get_num_threads() == before
-        default = bench.open_case(bench.Case(model_path=str(ckpt), backend="torch", threads=None, imgsz=None))
+        default = bench.open_case(bench.Case(model_path=str(ckpt), backend="torch", threads=None, input_size=None))
         assert one.default_threads == default.default_threads == before
     finally:
         torch.set_num_threads(before)
@@ -537,9 +537,18 @@ def test_models_pair_with_the_listed_backends_that_read_them(tmp_path):
         (".onnx", "openvino", 1), (".onnx", "openvino", 2),
     ]
     auto = plan_cases([str(ckpt), str(onnx)], ["auto"], [None], [(320, 320)])
-    assert [(c.backend, c.threads, c.imgsz) for c in auto] == [("auto", None, (320, 320))] * 2
+    assert [(c.backend, c.threads, c.input_size) for c in auto] == [("auto", None, (320, 320))] * 2
     with pytest.raises(bench.BenchError, match="ncnn"):
         plan_cases([str(onnx)], ["onnxruntime", "ncnn"], [1], [None])  # ncnn reads none of the models
+
+
+def test_input_sizes_are_spelled_as_in_the_other_commands():
+    from nanoplus.runtime.bench_command import parse_sizes
+
+    assert parse_sizes("416,320x416") == [(416, 416), (320, 416)]
+    assert parse_sizes(None) == [None]
+    with pytest.raises(bench.BenchError, match="--input-size"):
+        parse_sizes("big")
 
 
 def test_backend_option_errors_are_clear(tmp_path, capsys):

@@ -209,7 +209,7 @@ def export_case(tmp_path_factory):
             tmp_path = tmp_path_factory.mktemp(case)
             ckpt, cfg, deploy = _make_checkpoint(tmp_path, config, overrides)
             out_dir, report = tmp_path / "out", tmp_path / "report.json"
-            rc = _run_export([str(ckpt), *options, "--imgsz", *map(str, input_hw), "--out-dir", str(out_dir),
+            rc = _run_export([str(ckpt), *options, "--input-size", "x".join(map(str, input_hw)), "--out-dir", str(out_dir),
                               "--json", str(report), "--parity-count", "2"]
                              + (["--parity-images", str(IMAGES)] if IMAGES.is_dir() else []))
             assert rc == 0
@@ -473,7 +473,7 @@ def test_dynamic_onnx_and_ncnn_run_at_other_sizes(small_ckpt, tmp_path):
 def test_uint8_input_ir_folds_the_normalisation(small_ckpt, tmp_path):
     openvino = require_module("openvino")
     ckpt, cfg, deploy = small_ckpt
-    assert _run_export([str(ckpt), "--format", "openvino", "--uint8-input", "--imgsz", "160", "128",
+    assert _run_export([str(ckpt), "--format", "openvino", "--uint8-input", "--input-size", "160x128",
                         "--out-dir", str(tmp_path), "--name", "u8", "--parity-count", "1"]) == 0
     xml = tmp_path / "u8_openvino.xml"
     assert read_sidecar(xml).input_dtype == "uint8"
@@ -504,7 +504,7 @@ def test_parity_gate_flags_a_wrong_file(small_ckpt, tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_export, "prepare_for_export", broken_prepare)
     with pytest.raises(ParityError, match="parity"):
-        _run_export([str(ckpt), "--format", "onnx", "--imgsz", "128", "128", "--out-dir", str(tmp_path), "--parity-count", "1"])
+        _run_export([str(ckpt), "--format", "onnx", "--input-size", "128", "--out-dir", str(tmp_path), "--parity-count", "1"])
     assert not (tmp_path / "model.onnx").exists()
     assert (tmp_path / "model.parity-failed.onnx").is_file() and (tmp_path / "model.parity-failed.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
@@ -529,7 +529,10 @@ def test_parity_check_file_measures_a_difference(small_ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--imgsz", "250", "320"], "multiples of 32"),
+    (["--input-size", "250x320"], "multiples of 32"),
+    (["--imgsz", "250", "320"], "multiples of 32"),  # the old spelling still parses, with a deprecation note
+    (["--input-size", "big"], "--input-size"),
+    (["--input-size", "320", "--imgsz", "320"], "--input-size only"),
     (["--int8"], "--calib"),
     (["--format", "tflite"], "unknown format"),
     (["--format", "ncnn", "--int8", "--calib", "x"], "OpenVINO"),
@@ -553,7 +556,7 @@ def test_int8_openvino_from_calibration_data(small_ckpt, tmp_path):
     ckpt, cfg, deploy = small_ckpt
     report = tmp_path / "r.json"
     assert _run_export([str(ckpt), "--format", "openvino", "--int8", "--calib", str(data), "--calib-images", "8",
-                        "--imgsz", "128", "128", "--out-dir", str(tmp_path), "--parity-count", "2",
+                        "--input-size", "128", "--out-dir", str(tmp_path), "--parity-count", "2",
                         "--json", str(report)]) == 0
     xml = tmp_path / "model_openvino_int8.xml"
     assert read_sidecar(xml).precision == "int8"
@@ -595,7 +598,7 @@ def test_published_weights_non_square_onnx_finds_the_dog(tmp_path):
     require_module("ncnn")
     ckpt = tmp_path / "m416.ckpt"
     assert main(["import", str(param), "--config", "nanodet-plus-m_416", "--out", str(ckpt)]) == 0
-    assert _run_export([str(ckpt), "--imgsz", "320", "416", "--out-dir", str(tmp_path),
+    assert _run_export([str(ckpt), "--input-size", "320x416", "--out-dir", str(tmp_path),
                         "--parity-images", str(IMAGES), "--parity-count", "2"]) == 0
     det = Detector(str(tmp_path / "m416.onnx"), threads=1)
     assert list(det.meta.input_hw) == [320, 416] and det.backend.input_hw == (320, 416)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import IMAGES, NCNN_FP16_DIR, NCNN_INT8_DIR, TINY_COCO, UPSTREAM_CASE, require, require_module
-from nanoplus.train.ncnn_model import NcnnFormatError, load_ncnn_model, parse_param
+from nanoplus.runtime.ncnn_param import NcnnFormatError, parse_param
+from nanoplus.train.ncnn_model import load_ncnn_model
 
 FP16_PARAM = NCNN_FP16_DIR / "nanodet-plus-m_416.param"
 INT8_PARAM = NCNN_INT8_DIR / "nanodet-plus-m_416-int8.param"

@@ -22,22 +22,7 @@ from nanoplus.runtime.images import read_image
 from nanoplus.runtime.metadata import ModelMeta
 from nanoplus.runtime.preprocess import preprocess
 from nanoplus.train.augment import augment, warp_boxes
-from nanoplus.train.config import AugmentConfig, Config
-
-
-def meta_from_config(cfg: Config, class_names: Sequence[str]) -> ModelMeta:
-    """The deploy metadata a model trained with ``cfg`` gets: validation pre-processes with it."""
-    return ModelMeta(
-        class_names=list(class_names),
-        input_hw=list(cfg.data.input_hw),
-        strides=list(cfg.model.head.strides),
-        reg_max=cfg.model.head.reg_max,
-        mean=list(cfg.data.mean),
-        std=list(cfg.data.std),
-        resize_mode="letterbox" if cfg.data.keep_ratio else "stretch",
-        score_activation="none",
-        model_name=cfg.name,
-    )
+from nanoplus.train.config import AugmentConfig
 
 
 class DetectionDataset(torch.utils.data.Dataset):

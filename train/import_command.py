@@ -27,8 +27,6 @@ from pathlib import Path
 
 from nanoplus.errors import NanoplusError
 
-UPSTREAM_SUFFIXES = (".ckpt", ".pth", ".pt")
-
 
 class ImportCommandError(NanoplusError, ValueError):
     """A problem with the import's inputs; the message names the file, the field and the fix."""
@@ -189,12 +187,14 @@ def run(args: argparse.Namespace) -> int:
     class_names, names_from = resolve_class_names(cfg, args.names)
     cfg.class_names = class_names
 
+    from nanoplus.runtime.backends import CHECKPOINT_SUFFIXES
+
     suffix = source.suffix.lower()
     if suffix == ".param":
         state, lines = _import_ncnn(source, args, cfg, label)
     elif suffix == ".bin":
         raise ImportCommandError(f"{source}: give the NCNN .param file as SOURCE (its .bin is found beside it)")
-    elif suffix in UPSTREAM_SUFFIXES:
+    elif suffix in CHECKPOINT_SUFFIXES:
         state, lines = _import_upstream(source, args, cfg)
     else:
         raise ImportCommandError(

@@ -34,7 +34,8 @@ from torch import nn
 from nanoplus.atomic import remove_stale_temp_files
 from nanoplus.train import distributed as du
 from nanoplus.train.config import Config, save_config
-from nanoplus.train.dataset import DetectionDataset, collate, meta_from_config
+from nanoplus.runtime.metadata import meta_from_config
+from nanoplus.train.dataset import DetectionDataset, collate
 from nanoplus.train.ema import ModelEMA
 from nanoplus.train.errors import TrainError
 from nanoplus.train.optimizer import apply_freeze, build_optimizer, set_train_mode
