@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from nanoplus.errors import NanoplusError
-from nanoplus.install import OPTIONAL_PACKAGES
+from nanoplus.install import OPTIONAL_PACKAGES, install_hint
 from nanoplus.runtime.metadata import meta_from_config
 
 # backend name -> the Python module of its engine (OPTIONAL_PACKAGES says which extra installs it)
@@ -50,8 +50,6 @@ def import_engine(backend: str, model_path) -> object:
     try:
         return __import__(module)
     except ImportError as e:
-        from nanoplus.install import install_hint
-
         raise BackendUnavailableError(
             f"{model_path}: the {backend} backend needs the '{module}' package, which is not installed "
             f"({e}); install it with: {install_hint(extra)}"
