@@ -1,7 +1,7 @@
 """The one compiled piece: nanoplus.runtime._native (pre-processing, decode + NMS; see runtime/native/).
 
 Everything else is in pyproject.toml. The extension is optional: where no C++ compiler is found the
-install goes on without it and the runtime uses OpenCV + numpy (same pixels, slower);
+install goes on without it and the runtime uses OpenCV + numpy (within a grey level, slower);
 ``python -m nanoplus.runtime.preprocess`` prints which one is in use.
 """
 from setuptools import Extension, setup

@@ -1,7 +1,10 @@
 """The parity gate: does an exported file give the PyTorch model's answers?
 
 Each exported file is opened with the runtime's ``Detector`` (the code path users run: its
-backend, its pre-processing) and fed the same images as the PyTorch deploy model. The raw outputs
+backend, its pre-processing) and fed the same images as the PyTorch deploy model. Both sides take
+their input from ``runtime.preprocess.preprocess`` in one process, so both get the same warp (the
+compiled one, or the OpenCV fallback where it is absent or NANOPLUS_NATIVE=0), also for a
+uint8-input file, whose input is that warp without the normalisation. The raw outputs
 are compared: max |difference| of the sigmoid class scores and of the raw box bins, over every
 point, class and image. The PyTorch side applies the sigmoid itself (not the head's export flag),
 so a wrong flag or a wrong channel split shows up as a difference.

@@ -12,10 +12,15 @@ Resize modes (``ModelMeta.resize_mode``):
 - ``letterbox``: one scale min(W/w, H/h) for both axes, image at the top-left corner, the rest of
   the input (bottom or right) padded with 0.
 
-Two implementations give the same bits: OpenCV + numpy (below), and ``nanoplus.runtime._native``
-(runtime/native/warp_normalize.cpp, built at install where a C++ compiler is found), which does the
-separable warp, the normalisation and the HWC -> CHW split in one pass, about 3x faster. The
-compiled one is used when it is built, unless NANOPLUS_NATIVE=0; ``implementation()`` says which.
+The compiled warp is the definition: ``nanoplus.runtime._native`` (runtime/native/warp_normalize.cpp,
+built at install where a C++ compiler is found) does the separable warp, the normalisation and the
+HWC -> CHW split in one pass, about 3x faster than OpenCV + numpy, and equals the plain numpy
+reference ``runtime/preprocess_reference.py`` bit for bit (tests/test_native_preprocess.py). It
+serves float and uint8 inputs alike, so every caller of ``preprocess`` gets the same warp. Where it
+is not built, or NANOPLUS_NATIVE=0, OpenCV's ``warpPerspective`` + numpy run instead: that fallback
+is within 1 grey level of the reference on the warped image, in a small share of values that
+depends on the OpenCV version (measured in README.md, checked in tests/test_preprocess.py); it is
+never mixed with the compiled path in one comparison. ``implementation()`` says which one runs.
 """
 from __future__ import annotations
 
@@ -58,7 +63,11 @@ def get_warp_matrix(src_hw: Sequence[int], dst_hw: Sequence[int], keep_ratio: bo
 
 
 def warp_image(img: np.ndarray, matrix: np.ndarray, dst_hw: Sequence[int]) -> np.ndarray:
-    """Warp ``img`` (h, w, 3) by ``matrix`` to (H, W, 3): bilinear, constant border 0, dtype kept."""
+    """Warp ``img`` (h, w, 3) by any ``matrix`` to (H, W, 3) with OpenCV: bilinear, constant border 0, dtype kept.
+
+    Training's augmentation (general matrices) and the fallback of ``preprocess``; its rounding
+    follows the installed OpenCV (within 1 grey level of the compiled warp for diagonal matrices).
+    """
     dst_h, dst_w = int(dst_hw[0]), int(dst_hw[1])
     return cv2.warpPerspective(
         img, matrix, (dst_w, dst_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
@@ -80,7 +89,7 @@ def _scale_shift_tuples(mean: tuple, std: tuple) -> tuple[tuple, tuple]:
 
 def warp_normalize_native(img_bgr: np.ndarray, matrix: np.ndarray, dst_hw: Sequence[int], mean: Sequence[float],
                           std: Sequence[float], to_rgb: bool = False) -> np.ndarray:
-    """``warp_image`` + (RGB swap) + ``normalize_to_blob`` in one compiled pass; same bits.
+    """The compiled warp + (RGB swap) + normalisation in one pass (the definition of ``preprocess``).
 
     img_bgr: (h, w, 3) uint8; matrix: diagonal (3, 3). Returns (1, 3, H, W) float32.
     """
@@ -91,6 +100,15 @@ def warp_normalize_native(img_bgr: np.ndarray, matrix: np.ndarray, dst_hw: Seque
     _native.warp_normalize(np.ascontiguousarray(img_bgr), float(matrix[0, 0]), float(matrix[1, 1]), out,
                            scale, shift, bool(to_rgb))
     return out
+
+
+def warp_native_uint8(img_bgr: np.ndarray, matrix: np.ndarray, dst_hw: Sequence[int], to_rgb: bool = False) -> np.ndarray:
+    """The compiled warp alone, for uint8-input models: (h, w, 3) uint8 -> (1, 3, H, W) uint8.
+
+    Normalising by 1 and 0 leaves the rounded 0..255 values exact in float32, so this is the same
+    warp the float path runs (a uint8 model's parity gate compares it with the float PyTorch input).
+    """
+    return warp_normalize_native(img_bgr, matrix, dst_hw, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), to_rgb).astype(np.uint8)
 
 
 def normalize_to_blob(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -122,10 +140,13 @@ def preprocess(img_bgr: np.ndarray, meta: ModelMeta) -> tuple[np.ndarray, np.nda
         img_bgr = cv2.cvtColor(img_bgr, cv2.COLOR_BGRA2BGR)
     dst_hw = (int(meta.input_hw[0]), int(meta.input_hw[1]))
     matrix = get_warp_matrix(img_bgr.shape[:2], dst_hw, keep_ratio=meta.resize_mode == "letterbox")
-    if meta.input_dtype != "uint8" and img_bgr.dtype == np.uint8 and native_enabled():
-        return warp_normalize_native(img_bgr, matrix, dst_hw, meta.mean, meta.std, meta.color_order == "RGB"), matrix
+    to_rgb = meta.color_order == "RGB"
+    if img_bgr.dtype == np.uint8 and native_enabled():
+        if meta.input_dtype == "uint8":
+            return warp_native_uint8(img_bgr, matrix, dst_hw, to_rgb), matrix
+        return warp_normalize_native(img_bgr, matrix, dst_hw, meta.mean, meta.std, to_rgb), matrix
     warped = warp_image(img_bgr, matrix, dst_hw)
-    if meta.color_order == "RGB":
+    if to_rgb:
         warped = cv2.cvtColor(warped, cv2.COLOR_BGR2RGB)
     if meta.input_dtype == "uint8":
         return np.ascontiguousarray(warped.transpose(2, 0, 1))[None], matrix

@@ -34,6 +34,8 @@ from nanoplus.export import export_command  # noqa: E402
 from nanoplus.export.onnx_export import fold_batchnorm, prepare_for_export, read_onnx_metadata  # noqa: E402
 from nanoplus.export.parity import PARITY_BOUNDS, ParityError, check_file, parity_images  # noqa: E402
 from nanoplus.runtime.metadata import read_sidecar  # noqa: E402
+from nanoplus.runtime.preprocess import implementation as preprocess_implementation  # noqa: E402
+from nanoplus.runtime.preprocess_reference import FALLBACK_MAX_GREY_LEVELS, reference_warp  # noqa: E402
 
 MEAN = np.array([103.53, 116.28, 123.675], np.float32)
 STD = np.array([57.375, 57.12, 58.395], np.float32)
@@ -62,13 +64,28 @@ def _photos(count=3):
 
 
 def _upstream_blob(img, input_hw):
-    """Upstream's pre-processing written out: stretch warp (bilinear, border 0), (v - mean) / std."""
+    """Upstream's pre-processing written out: stretch warp (bilinear, border 0; the project's reference
+    warp, which the compiled one equals bit for bit), (v - mean) / std."""
     h, w = img.shape[:2]
     H, W = input_hw
     matrix = np.diag([W / w, H / h, 1.0])
-    warped = cv2.warpPerspective(img, matrix, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    warped = reference_warp(img, matrix[0, 0], matrix[1, 1], (H, W))
     blob = ((warped.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1)[None]
     return np.ascontiguousarray(blob), matrix
+
+
+def _runtime_input(det, img, input_hw):
+    """The network input the runtime feeds the file, after checking it against ``_upstream_blob``:
+    within float rounding with the compiled pre-processing, within the fallback's grey level with
+    OpenCV + numpy. Both PyTorch and the file get THIS blob, so a parity check never mixes two
+    pre-processings (a grey level moves the random test models' scores by up to 0.08)."""
+    blob, matrix = det.preprocess(img)
+    independent, independent_matrix = _upstream_blob(img, input_hw)
+    np.testing.assert_array_equal(matrix, independent_matrix)
+    exact = preprocess_implementation().startswith("native")
+    bound = 1e-5 if exact else FALLBACK_MAX_GREY_LEVELS / STD.min() + 1e-5
+    assert np.abs(blob - independent).max() <= bound, preprocess_implementation()
+    return blob, matrix
 
 
 def _num_points(input_hw, strides=(8, 16, 32, 64)):
@@ -243,9 +260,9 @@ def test_every_format_passes_parity_through_the_runtime(export_case, case, key):
     score_bound, bin_bound = PARITY_BOUNDS[key[1]]
     det = Detector(str(path), threads=1)
     for img in _photos(2):
-        blob, _ = _upstream_blob(img, input_hw)
+        blob, _ = _runtime_input(det, img, input_hw)
         want = _torch_contract_output(exported["deploy"], blob, num_classes)
-        got = np.asarray(det.infer(det.preprocess(img)[0]), np.float64)
+        got = np.asarray(det.infer(blob), np.float64)
         assert got.shape == (_num_points(input_hw), num_classes + 32)
         assert np.abs(got[:, :num_classes] - want[:, :num_classes]).max() <= score_bound
         assert np.abs(got[:, num_classes:] - want[:, num_classes:]).max() <= bin_bound
@@ -261,10 +278,10 @@ def test_boxes_land_where_pytorch_puts_them(export_case, case, key):
     exported = export_case(case)
     cfg, input_hw = exported["cfg"], exported["input_hw"]
     img = _photos(1)[0]
-    blob, matrix = _upstream_blob(img, input_hw)
+    det = Detector(str(exported["files"][key]), threads=1, score_thr=0.0, max_det=5)
+    blob, matrix = _runtime_input(det, img, input_hw)
     want = _torch_contract_output(exported["deploy"], blob, cfg.model.num_classes)
     boxes, classes, scores, strides = _decode_top(want, input_hw, matrix, k=1)
-    det = Detector(str(exported["files"][key]), threads=1, score_thr=0.0, max_det=5)
     got = det(img)
     # photo pixels: half a pixel for fp32; fp16 moves a distance by up to ~0.1 of the point's stride
     tol = 0.5 if key[1] == "fp32" else 0.1 * strides[0] / min(matrix[0, 0], matrix[1, 1])
@@ -471,19 +488,37 @@ def test_dynamic_onnx_and_ncnn_run_at_other_sizes(small_ckpt, tmp_path):
 
 
 def test_uint8_input_ir_folds_the_normalisation(small_ckpt, tmp_path):
+    """--uint8-input passes its own parity gate on photos (fp32 bounds: its warp is the float path's
+    warp, so PyTorch and the file see the same pixels), and the IR fed the raw warp reproduces PyTorch."""
     openvino = require_module("openvino")
+    from nanoplus.export.parity import float_meta
+    from nanoplus.runtime.detector import Detector
+    from nanoplus.runtime.preprocess import normalize_to_blob, preprocess
+
     ckpt, cfg, deploy = small_ckpt
+    report = tmp_path / "report.json"
     assert _run_export([str(ckpt), "--format", "openvino", "--uint8-input", "--input-size", "160x128",
-                        "--out-dir", str(tmp_path), "--name", "u8", "--parity-count", "1"]) == 0
+                        "--out-dir", str(tmp_path), "--name", "u8", "--parity-count", "4", "--json", str(report)]
+                       + (["--parity-images", str(IMAGES)] if IMAGES.is_dir() else [])) == 0
     xml = tmp_path / "u8_openvino.xml"
+    row = json.loads(report.read_text())["files"][0]
+    assert Path(row["file"]) == xml and row["parity"] == "pass"
+    assert row["max_score_diff"] <= PARITY_BOUNDS["fp32"][0] and row["max_bin_diff"] <= PARITY_BOUNDS["fp32"][1]
     assert read_sidecar(xml).input_dtype == "uint8"
     assert not (tmp_path / "u8.onnx").exists()  # the ONNX file was only a step on the way
     ov_model = openvino.Core().read_model(str(xml))
     assert ov_model.inputs[0].get_element_type() == openvino.Type.u8
+    det = Detector(str(xml), threads=1)
+    for img in _photos(2):
+        # one warp for both inputs: normalising the uint8 input gives the float input bit for bit
+        raw_input, _ = det.preprocess(img)
+        float_input, _ = preprocess(img, float_meta(det.meta))
+        assert raw_input.dtype == np.uint8 and raw_input.shape == (1, 3, 160, 128)
+        np.testing.assert_array_equal(normalize_to_blob(raw_input[0].transpose(1, 2, 0), det.meta.mean, det.meta.std),
+                                      float_input)
     img = _photos(1)[0]
     matrix = np.diag([128 / img.shape[1], 160 / img.shape[0], 1.0])
-    warped = cv2.warpPerspective(img, matrix, (128, 160), flags=cv2.INTER_LINEAR)
-    raw_input = np.ascontiguousarray(warped.transpose(2, 0, 1)[None])
+    raw_input = np.ascontiguousarray(reference_warp(img, matrix[0, 0], matrix[1, 1], (160, 128)).transpose(2, 0, 1)[None])
     got = openvino.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})([raw_input])[0][0]
     want = _torch_contract_output(deploy, _upstream_blob(img, (160, 128))[0], 2)
     assert np.abs(got - want).max() < 1e-4

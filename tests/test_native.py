@@ -7,7 +7,8 @@ another build (e.g. a Raspberry Pi's).
 
 What is compared: `nanoplus_ncnn detect` against `nanoplus.runtime.detector.Detector` (ncnn
 backend) on the same .param and the same decoded pixels (the photos re-encoded losslessly as PNG,
-because stb's JPEG decoder is not OpenCV's): the network input must be bit-identical, the
+because stb's JPEG decoder is not OpenCV's): the network input must be bit-identical to the
+project's reference pre-processing (runtime/preprocess_reference.py), the
 detections the same classes with boxes within 1 px and scores within 1e-3 (measured: see
 android_demo/README.md).
 """
@@ -145,26 +146,27 @@ def test_build_native_program():
 # same pipeline as the Python runtime
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["dog", "giraffe", "scream"])  # down-scaled, square, up-scaled
-def test_network_input_is_bit_identical(name, png_photos, tmp_path, monkeypatch):
-    """The C++ warp + normalisation gives exactly the blob OpenCV's warp + numpy's normalisation give
-    in runtime/preprocess.py."""
+def test_network_input_is_bit_identical(name, png_photos, tmp_path):
+    """The C++ warp + normalisation gives exactly the blob of the project's reference
+    (runtime/preprocess_reference.py), which defines the pre-processing; the Python runtime's
+    compiled path equals it too (tests/test_native_preprocess.py)."""
     path, img = png_photos[name]
     dump = tmp_path / "input.f32"
     run_native("detect", require(FP16_PARAM), path, "--dump-input", dump)
     native = np.fromfile(dump, dtype=np.float32).reshape(1, 3, 416, 416)
-    blob = _opencv_blob(img, monkeypatch)
+    blob = _reference_blob(img)
     assert np.array_equal(native, blob), f"max difference {np.abs(native - blob).max()}"
 
 
-def _opencv_blob(img, monkeypatch):
-    """runtime/preprocess.py's blob through OpenCV + numpy (not the compiled path the program shares)."""
+def _reference_blob(img):
+    """The reference pre-processing of a foreign 416x416 model (stretch, BGR, upstream's mean/std)."""
     from nanoplus.runtime.metadata import ModelMeta
-    from nanoplus.runtime.preprocess import implementation, preprocess
+    from nanoplus.runtime.preprocess import get_warp_matrix
+    from nanoplus.runtime.preprocess_reference import reference_blob
 
-    monkeypatch.setenv("NANOPLUS_NATIVE", "0")
-    assert implementation() == "opencv+numpy"
-    blob, _ = preprocess(img, ModelMeta.for_foreign_model(80, (416, 416)))
-    return blob
+    meta = ModelMeta.for_foreign_model(80, (416, 416))
+    matrix = get_warp_matrix(img.shape[:2], meta.input_hw, keep_ratio=meta.resize_mode == "letterbox")
+    return reference_blob(img, matrix, meta.input_hw, meta.mean, meta.std, to_rgb=meta.color_order == "RGB")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "auto"])
@@ -339,19 +341,19 @@ def test_jni_bridge_on_desktop_jvm(png_photos, tmp_path):
 
 
 @pytest.mark.slow
-def test_aarch64_build_under_qemu(png_photos, tmp_path, monkeypatch):
+def test_aarch64_build_under_qemu(png_photos, tmp_path):
     """The cross-built aarch64 program (build.sh aarch64) gives the Python runtime's detections under qemu."""
     qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
     if not AARCH64_BIN.is_file() or qemu is None:
         pytest.skip(f"needs {AARCH64_BIN} (android_demo/scripts/build.sh aarch64) and qemu-user-static")
     path, img = png_photos["dog"]
-    # the portable warp (fma instructions, no x86 vector path) gives OpenCV's bits on aarch64 too
+    # the portable warp (fma instructions, no x86 vector path) gives the reference's bits on aarch64 too
     dump = tmp_path / "input.f32"
     proc = subprocess.run([qemu, str(AARCH64_BIN), "detect", str(require(FP16_PARAM)), str(path), "--dump-input", str(dump)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     native_input = np.fromfile(dump, dtype=np.float32).reshape(1, 3, 416, 416)
-    blob = _opencv_blob(img, monkeypatch)
+    blob = _reference_blob(img)
     assert np.array_equal(native_input, blob), f"max difference {np.abs(native_input - blob).max()}"
     native = native_detections(require(FP16_PARAM), [path], tmp_path, "--precision", "fp32", binary=AARCH64_BIN, prefix=(qemu,))[0]
     expected = python_detections(FP16_PARAM, [img], "fp32")[0]

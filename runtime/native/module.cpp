@@ -81,7 +81,7 @@ PyMethodDef methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "warp_normalize(image, scale_x, scale_y, out, mul, add, to_rgb=False, simd=True)\n\n"
      "image (h, w, 3) uint8 -> out (1, 3, H, W) float32: the warp by diag(scale_x, scale_y, 1) as\n"
-     "cv2.warpPerspective computes it (bilinear, border 0, rounded), then v * mul[c] + add[c].\n"
+     "runtime/preprocess_reference.py defines it (bilinear, border 0, rounded), then v * mul[c] + add[c].\n"
      "to_rgb: plane 0 reads channel 2. simd=False forces the portable path."},
     {"simd", py_simd, METH_NOARGS, "the vector instructions the fast path uses here ('none': portable code)"},
     NANOPLUS_DECODE_NMS_METHODS,

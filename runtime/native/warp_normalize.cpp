@@ -3,9 +3,10 @@
 // Why it exists: at 1 thread OpenCV's general warp plus numpy's normalisation take about 1.4 ms at
 // 416x416, 6% of the model's own time; the matrix is always diagonal, so the warp is separable and
 // the normalisation and the HWC -> CHW split can be done while the result is in registers.
-// preprocess.py falls back to OpenCV + numpy when the Python module is not built.
+// preprocess.py falls back to OpenCV + numpy (within a grey level) when the Python module is not built.
 //
-// The arithmetic is OpenCV's, in the same order: source coordinates in float32 from the inverted
+// The arithmetic is OpenCV 5.0's, in the same order, and runtime/preprocess_reference.py writes it
+// out in numpy (tests compare the two bit for bit): source coordinates in float32 from the inverted
 // matrix; each of the two source rows blended horizontally, then the two results vertically, each
 // blend a fused multiply-add (one rounding); rounded half to even. On CPUs without an fma
 // instruction the product and sum are formed in double, which is exact for these operands (a byte

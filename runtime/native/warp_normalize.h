@@ -1,6 +1,9 @@
-// The pre-processing warp and normalisation in one pass, bit-identical to runtime/preprocess.py
-// (cv2.warpPerspective of OpenCV 5 with a diagonal matrix, bilinear, constant border 0, rounded to
-// uint8; then v * mul + add per channel in float32, mul = float(1/std), add = float(-mean/std)).
+// The pre-processing warp and normalisation in one pass: the definition of nanoplus's
+// pre-processing, equal bit for bit to the plain numpy reference runtime/preprocess_reference.py
+// (a warp by a diagonal matrix, bilinear, constant border 0, rounded to uint8 -- the arithmetic
+// of OpenCV 5.0's cv2.warpPerspective; then v * mul + add per channel in float32,
+// mul = float(1/std), add = float(-mean/std)). Other OpenCV versions round differently in a few
+// values (runtime/preprocess.py's fallback; measured in README.md).
 //
 // One implementation for both users: the Python runtime (module.cpp, nanoplus.runtime._native)
 // and the native C++ program / Android library (android_demo/). Plain C++17, no dependencies.
