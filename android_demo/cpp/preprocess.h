@@ -3,7 +3,8 @@
 // (bilinear, constant border 0) to the 8-bit image, then (v - mean) / std per channel in float32.
 //
 // The warp and normalisation are runtime/native/warp_normalize.cpp, the same code the Python
-// runtime runs (nanoplus.runtime._native): one implementation, bit-identical to OpenCV 5 + numpy.
+// runtime runs (nanoplus.runtime._native): one implementation, the project's definition of the
+// pre-processing (bit-identical to the numpy reference runtime/preprocess_reference.py).
 //
 // This is NOT ncnn::Mat::from_pixels_resize (which samples at pixel centres: a half-pixel shift
 // that costs about 0.01 mAP on tiny_coco, see ../shared/assets/ASSETS.md). The matrix is diagonal
