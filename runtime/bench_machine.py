@@ -135,6 +135,38 @@ def _os_release(root: str = "/") -> Optional[str]:
     return None
 
 
+def _arch_family(machine: str) -> str:
+    """'x86' or 'arm' for the architectures one kernel runs natively (a 64-bit kernel runs its
+    32-bit relatives' programs too); any other name stands for itself."""
+    name = machine.lower()
+    if name in ("x86_64", "amd64", "i386", "i486", "i586", "i686"):
+        return "x86"
+    if name.startswith(("arm", "aarch64")):
+        return "arm"
+    return name
+
+
+def emulation(root: str = "/") -> Optional[str]:
+    """How this process is emulated, or None where it runs on its own architecture.
+
+    User-mode emulation (qemu-user, e.g. an arm64 Debian root on an x86-64 machine) makes ``uname``
+    report the guest architecture, but the kernel's own /proc/sys/kernel/arch, and /proc/cpuinfo on
+    the qemu versions that pass it through, stay the host's. NANOPLUS_EMULATION (scripts/arm64_check.sh
+    sets it) says precisely which emulator and host; it is taken as it is.
+    """
+    described = os.environ.get("NANOPLUS_EMULATION", "").strip()
+    if described:
+        return described
+    process = platform.machine()
+    kernel = (_read(Path(root) / "proc/sys/kernel/arch") or "").strip()
+    if not kernel:
+        info = _cpuinfo_fields(root)
+        kernel = "x86_64" if "vendor_id" in info else "aarch64" if "cpu implementer" in info else ""
+    if kernel and process and _arch_family(kernel) != _arch_family(process):
+        return f"{process} emulated on a {kernel} kernel (user-mode emulation such as qemu-user)"
+    return None
+
+
 def package_version(*names: str) -> Optional[str]:
     """Installed version of the first of ``names`` found, without importing it."""
     from importlib import metadata
@@ -159,9 +191,15 @@ def machine_info(label: Optional[str] = None) -> dict:
     _, thermal_source = cpu_temperature()
     cpu_name = cpu_model()
     board = device_model()
+    emulated = emulation()
+    if emulated:
+        # what /proc and /sys show is the host's: neither its CPU nor its board is the one emulated
+        cpu_name = f"{platform.machine()} emulated on {cpu_name}"
+        board = None
     return {
         "label": label or board or cpu_name,
         "device_model": board,
+        "emulation": emulated,
         "cpu": {
             "model": cpu_name,
             "architecture": platform.machine(),

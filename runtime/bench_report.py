@@ -156,6 +156,8 @@ def machine_line(doc: dict) -> str:
     run = doc.get("run") or {}
     cond = run.get("conditions") or {}
     parts = [
+        f"EMULATED ({m['emulation']}): these timings are the emulator's, not this architecture's"
+        if m.get("emulation") else "",
         f"{m.get('label')}: {cpu.get('model', '?')}, {cpu.get('architecture', '?')}, "
         f"{cpu.get('usable_cores') or cpu.get('logical_cores', '?')} cores"
         + (" (virtual machine)" if cpu.get("virtualized") else ""),
@@ -204,6 +206,8 @@ def render_markdown(documents: list[dict], baseline: Optional[str] = "torch") ->
         run = doc.get("run") or {}
         out.append(f"## {m.get('label')}")
         out.append("")
+        if m.get("emulation"):
+            out.append(f"- **EMULATED**: {m['emulation']}. The timings are the emulator's, not this architecture's.")
         out.append(f"- CPU: {cpu.get('model')} ({cpu.get('architecture')}), {cpu.get('logical_cores')} logical / "
                    f"{cpu.get('physical_cores')} physical cores, {cpu.get('usable_cores')} usable"
                    + (", virtual machine" if cpu.get("virtualized") else "")

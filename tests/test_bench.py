@@ -286,6 +286,52 @@ def test_machine_info_records_versions_threads_env_and_cores(monkeypatch):
     assert info["python"].endswith(".".join(map(str, sys.version_info[:3])))
 
 
+@pytest.mark.parametrize("process, kernel_arch, cpuinfo, emulated", [
+    ("aarch64", "x86_64", None, True),  # an arm64 root under qemu-user on an x86-64 machine
+    ("aarch64", None, "vendor_id\t: AuthenticAMD\nflags\t: fpu sse avx2\n", True),  # no kernel/arch: cpuinfo
+    ("armv7l", "aarch64", None, False),  # 32-bit Raspberry Pi OS on its 64-bit kernel: native
+    ("aarch64", "aarch64", None, False),
+    ("x86_64", "x86_64", None, False),
+    ("aarch64", None, "CPU implementer\t: 0x41\nCPU part\t: 0xd08\n", False),
+])
+def test_emulation_is_told_from_the_kernels_architecture(tmp_path, monkeypatch, process, kernel_arch, cpuinfo, emulated):
+    monkeypatch.delenv("NANOPLUS_EMULATION", raising=False)
+    monkeypatch.setattr(bench_machine.platform, "machine", lambda: process)
+    if kernel_arch:
+        (tmp_path / "proc/sys/kernel").mkdir(parents=True)
+        (tmp_path / "proc/sys/kernel/arch").write_text(kernel_arch + "\n")
+    if cpuinfo:
+        (tmp_path / "proc").mkdir(exist_ok=True)
+        (tmp_path / "proc/cpuinfo").write_text(cpuinfo)
+    found = bench_machine.emulation(str(tmp_path))
+    if emulated:
+        assert found is not None and "aarch64 emulated on a x86_64 kernel" in found
+    else:
+        assert found is None
+
+
+def test_an_emulated_run_says_so_in_the_record_the_printout_and_the_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOPLUS_EMULATION", "qemu-aarch64-static 7.2 -cpu cortex-a72 on x86_64 (test)")
+    doc = fake_document(label=None)
+    machine = doc["machine"]
+    assert machine["emulation"].startswith("qemu-aarch64-static 7.2")
+    assert machine["device_model"] is None  # the host's /proc is not the emulated board's
+    assert machine["label"].startswith(f"{bench_machine.platform.machine()} emulated on ")
+    assert list(_validator().iter_errors(doc)) == []
+    text = render_text([doc])
+    assert text.splitlines()[0].startswith("EMULATED (qemu-aarch64-static 7.2")
+    path = tmp_path / "emulated.json"
+    path.write_text(json.dumps(doc))
+    report = tmp_path / "report.md"
+    assert main(["bench", "--merge", str(path), "--markdown", str(report)]) == 0
+    assert "**EMULATED**: qemu-aarch64-static 7.2" in report.read_text()
+
+    monkeypatch.setenv("NANOPLUS_EMULATION", "")
+    native = fake_document(label="lab box")
+    if native["machine"]["emulation"] is None:  # this very machine is not emulated
+        assert not render_text([native]).startswith("EMULATED")
+
+
 # ---------------------------------------------------------------------------------------------
 # the schema and the tables
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# The Python runtime on arm64 Debian 12 (bookworm, the base of 64-bit Raspberry Pi OS), emulated.
+#
+#   sudo bash scripts/arm64_check.sh          # about 30-60 min on 2 cores; the root is built once
+#
+# Builds (or reuses) an arm64 Debian root in .arm64/root with debootstrap + qemu-user-static, copies
+# the checkout into it, installs it there with the runtime extras only ([ncnn] and [onnxruntime], no
+# torch) at the versions of requirements/lock.txt, every dependency from a wheel
+# (--only-binary=:all:; our own extension is the one thing compiled, by the root's g++, so the
+# portable C++ path is what runs). Inside it then runs the runtime's tests that need no torch,
+# `nanoplus eval` of the published fp16 and int8 NCNN models on tiny_coco val, `nanoplus infer` on
+# the photos, the compiled pre-processing on the photos, and `nanoplus bench`. The same install on
+# this x86 host gives the reference; scripts/arm64_compare.py compares the two and prints the
+# closing line: both mAP values and PASS / FAIL.
+#
+# Environment:
+#   ARM64_CPU      core qemu emulates (default cortex-a72, the Raspberry Pi 4's; cortex-a76 is the
+#                  Pi 5's, `qemu-aarch64-static -cpu help` lists the others)
+#   ARM64_MIRROR   Debian mirror for debootstrap (default http://deb.debian.org/debian)
+#   ARM64_REBUILD=1  build the root again; ARM64_KEEP_VENV=1 reuse the last run's venvs (faster, not clean)
+#   NANOPLUS_SHARED  the reference material (default ../shared beside the checkout)
+#
+# Exit status: 0 PASS, 1 FAIL, 3 this machine cannot run the check (the message says why).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SHARED="${NANOPLUS_SHARED:-$REPO/../shared}"
+WORK="$REPO/.arm64"                 # ignored by git; the root is cached here between runs
+ROOT="$WORK/root"
+LOCK="$REPO/requirements/lock.txt"
+EXTRAS="ncnn,onnxruntime"
+TEST_DEPS="pytest jsonschema"       # what the runtime's tests import beyond the runtime
+ARM64_CPU="${ARM64_CPU:-cortex-a72}"
+MIRROR="${ARM64_MIRROR:-http://deb.debian.org/debian}"
+ROOT_PACKAGES="python3,python3-venv,python3-dev,g++,ca-certificates"
+FP16_MODEL="assets/models/nanodet-plus-m_416-ncnn-fp16/nanodet-plus-m_416.param"
+INT8_MODEL="assets/models/nanodet-plus-m_416-ncnn-int8/nanodet-plus-m_416-int8.param"
+# The runtime's tests (torch-free). Every other tests/test_*.py file must be listed in TORCH_TESTS,
+# so that a new test file makes someone decide where it runs.
+RUNTIME_TESTS="test_atomic test_bench test_bench_scripts test_datasets test_detector test_draw
+  test_eval_command test_evaluate test_infer_command test_native test_native_preprocess
+  test_postprocess test_preprocess test_runtime_no_torch test_synthetic"
+TORCH_TESTS="test_augment test_checkpoint test_distributed test_export test_import test_model_configs
+  test_model_upstream test_trainer"
+
+cannot_run() { echo "arm64_check: cannot run here: $*" >&2; exit 3; }
+say() { echo "[arm64_check $(date -u +%H:%M:%S)] $*"; }
+START=$(date +%s)
+
+# ------------------------------------------------------------------ what this machine must have
+[ "$(id -u)" = 0 ] || cannot_run "needs root (debootstrap, chroot and bind mounts); run it with sudo"
+[ "$(uname -m)" = x86_64 ] || cannot_run "the reference run is x86-64's; this host is $(uname -m)"
+for tool in debootstrap qemu-aarch64-static chroot git python3; do
+    command -v "$tool" >/dev/null || cannot_run "$tool is missing (apt-get install debootstrap qemu-user-static binfmt-support git python3-venv)"
+done
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null \
+        || cannot_run "binfmt_misc is not mounted and cannot be (mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc)"
+fi
+if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+    update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+fi
+grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null \
+    || cannot_run "qemu-aarch64 is not registered with binfmt_misc (update-binfmts --enable qemu-aarch64)"
+grep -q '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 \
+    || cannot_run "qemu-aarch64's binfmt entry lacks the F flag (Debian's qemu-user-static sets it); a chroot cannot find the interpreter"
+[ -d "$SHARED/assets" ] || cannot_run "the reference material is absent: $SHARED/assets (set NANOPLUS_SHARED)"
+SHARED="$(cd "$SHARED" && pwd)"
+CHROOT="$(command -v chroot)"
+[ -f "$LOCK" ] || cannot_run "$LOCK is missing: the check installs the locked versions"
+python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+    || cannot_run "the host's python3 is $(python3 -V 2>&1 | cut -d' ' -f2); the lock is for CPython 3.11 (Debian 12's)"
+
+# ------------------------------------------------------------------ the arm64 root (cached)
+if [ -n "${ARM64_REBUILD:-}" ]; then rm -rf "$ROOT"; fi
+if [ ! -f "$ROOT/.nanoplus-root" ]; then
+    say "building the arm64 Debian 12 root in $ROOT (debootstrap, then its second stage under qemu; 15-30 min)"
+    rm -rf "$ROOT.partial"
+    mkdir -p "$WORK"
+    debootstrap --arch=arm64 --foreign --variant=minbase --include="$ROOT_PACKAGES" bookworm "$ROOT.partial" "$MIRROR" \
+        > "$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log"; echo "debootstrap failed: $WORK/debootstrap.log" >&2; exit 1; }
+    chroot "$ROOT.partial" /debootstrap/debootstrap --second-stage >> "$WORK/debootstrap.log" 2>&1 \
+        || { tail -20 "$WORK/debootstrap.log"; echo "debootstrap's second stage failed: $WORK/debootstrap.log" >&2; exit 1; }
+    echo "debian bookworm arm64 minbase + $ROOT_PACKAGES, built $(date -u +%FT%TZ)" > "$ROOT.partial/.nanoplus-root"
+    mv "$ROOT.partial" "$ROOT"
+fi
+say "root: $(cat "$ROOT/.nanoplus-root")"
+
+# ------------------------------------------------------------------ the checkout, twice
+# What git would commit (tracked + untracked, not ignored): no venvs, no build folders.
+copy_checkout() {
+    rm -rf "$1"
+    mkdir -p "$1"
+    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
+        [ -e "$f" ] && printf '%s\0' "$f"; done | tar --null -T - -cf -) | tar -xf - -C "$1"
+}
+N="$ROOT/nanoplus"                  # /nanoplus inside the root
+mkdir -p "$N"
+copy_checkout "$N/src"
+copy_checkout "$WORK/src-x86"
+rm -rf "$N/out" "$WORK/out-x86"
+mkdir -p "$N/out" "$N/shared" "$WORK/out-x86"
+ln -sfn "$SHARED" "$WORK/shared"    # ../shared of the x86 copy, as in a checkout
+
+# ------------------------------------------------------------------ mounts, undone on exit
+MOUNTS=()
+cleanup() {
+    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do umount "${MOUNTS[$i]}" 2>/dev/null || umount -l "${MOUNTS[$i]}" || true; done
+}
+trap cleanup EXIT
+mount -t proc proc "$ROOT/proc"; MOUNTS+=("$ROOT/proc")
+mount --rbind /dev "$ROOT/dev"; mount --make-rslave "$ROOT/dev"; MOUNTS+=("$ROOT/dev")
+mount --bind "$SHARED" "$N/shared"; mount -o remount,bind,ro "$N/shared"; MOUNTS+=("$N/shared")
+cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"   # pip reaches the package index from inside
+
+EMULATION="qemu-aarch64-static $(qemu-aarch64-static --version | head -1 | awk '{print $3}') -cpu $ARM64_CPU on $(uname -m) ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))"
+in_root() {  # run a bash script inside the root, as aarch64, with a clean environment
+    env -i HOME=/root PATH=/nanoplus/venv/bin:/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
+        QEMU_CPU="$ARM64_CPU" NANOPLUS_EMULATION="$EMULATION" NANOPLUS_SHARED=/nanoplus/shared \
+        OMP_NUM_THREADS=2 "$CHROOT" "$ROOT" /bin/bash -euo pipefail -c "$1"
+}
+
+# ------------------------------------------------------------------ the install, on each side
+# pip install -c lock --only-binary=:all: "checkout[extras]": every dependency must come as a wheel;
+# the checkout itself is a local folder, so pip builds it (our extension, with that side's g++).
+INSTALL='python3 -m venv "$VENV" && "$VENV/bin/pip" install -q --disable-pip-version-check --only-binary=:all: -c "$SRC/requirements/lock.txt" "$SRC[$EXTRAS]" '"$TEST_DEPS"
+no_aarch64_wheel() {  # name the locked packages without an aarch64 wheel for CPython 3.11
+    say "finding which locked dependencies have no aarch64 wheel (pip download on the host)"
+    local bad=""
+    while read -r req; do
+        [ -n "$req" ] || continue
+        pip download -q --no-deps --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
+            --platform manylinux_2_36_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 \
+            --platform manylinux2014_aarch64 --platform linux_aarch64 -d "$WORK/wheel-probe" "$req" >/dev/null 2>&1 \
+            || bad="$bad $req"
+    done < <(grep -E '^[A-Za-z0-9_.-]+==' "$LOCK" | sed 's/[;#].*//')
+    if [ -n "$bad" ]; then
+        echo "NO AARCH64 WHEEL at the locked version:$bad" >&2
+        echo "fix: in requirements/lock.txt pin each to a version that publishes a manylinux aarch64 cp311 wheel" >&2
+        echo "(pip download --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 --python-version 3.11 NAME==VERSION)" >&2
+    else
+        echo "every locked package has an aarch64 wheel; the install failed for another reason (see above)" >&2
+    fi
+}
+
+if [ -n "${ARM64_KEEP_VENV:-}" ] && [ -x "$N/venv/bin/nanoplus" ]; then
+    say "aarch64: reusing the venv (ARM64_KEEP_VENV), reinstalling the checkout only"
+    in_root "/nanoplus/venv/bin/pip install -q --no-deps --force-reinstall --only-binary=:all: -c /nanoplus/src/requirements/lock.txt /nanoplus/src" \
+        > "$N/out/install.log" 2>&1
+else
+    say "aarch64: venv + pip install -c requirements/lock.txt --only-binary=:all: '.[${EXTRAS}]' $TEST_DEPS (emulated: slow)"
+    rm -rf "$N/venv"
+    if ! in_root "VENV=/nanoplus/venv SRC=/nanoplus/src EXTRAS=$EXTRAS; $INSTALL" > "$N/out/install.log" 2>&1; then
+        tail -30 "$N/out/install.log"
+        no_aarch64_wheel
+        echo "arm64 check: install failed on aarch64 (log $N/out/install.log) FAIL"
+        exit 1
+    fi
+fi
+say "x86-64: the same install on the host (the reference)"
+if [ -z "${ARM64_KEEP_VENV:-}" ] || [ ! -x "$WORK/venv-x86/bin/nanoplus" ]; then
+    rm -rf "$WORK/venv-x86"
+    (VENV="$WORK/venv-x86" SRC="$WORK/src-x86" EXTRAS=$EXTRAS; eval "$INSTALL") > "$WORK/out-x86/install.log" 2>&1 \
+        || { tail -30 "$WORK/out-x86/install.log"; echo "arm64 check: install failed on x86-64 FAIL"; exit 1; }
+else
+    "$WORK/venv-x86/bin/pip" install -q --no-deps --force-reinstall -c "$LOCK" "$WORK/src-x86" > "$WORK/out-x86/install.log" 2>&1
+fi
+in_root "pip freeze --all" > "$N/out/versions.txt"
+"$WORK/venv-x86/bin/pip" freeze --all > "$WORK/out-x86/versions.txt"
+say "aarch64 pre-processing: $(in_root 'python -m nanoplus.runtime.preprocess')"
+
+# ------------------------------------------------------------------ the runs
+# The same steps on each side; $PY is that side's python, $SRC its checkout, $OUT its results.
+RUNS='cd "$SRC"
+"$PY" -m nanoplus eval ../shared/'"$FP16_MODEL"' --data ../shared/assets/datasets/tiny_coco --split val --quiet --json "$OUT/eval_fp16.json" > "$OUT/eval_fp16.txt" 2>&1
+"$PY" -m nanoplus eval ../shared/'"$INT8_MODEL"' --data ../shared/assets/datasets/tiny_coco --split val --quiet --json "$OUT/eval_int8.json" > "$OUT/eval_int8.txt" 2>&1
+"$PY" -m nanoplus infer ../shared/'"$FP16_MODEL"' ../shared/assets/images --save-dir "$OUT/infer" > "$OUT/infer.txt" 2>&1
+"$PY" scripts/arm64_preprocess_dump.py ../shared/'"$FP16_MODEL"' ../shared/assets/images "$OUT/preprocess.npz" > "$OUT/preprocess.txt" 2>&1'
+
+say "x86-64: eval fp16 + int8, infer, pre-processing dump"
+(PY="$WORK/venv-x86/bin/python" SRC="$WORK/src-x86" OUT="$WORK/out-x86"; eval "$RUNS") \
+    || { echo "arm64 check: the x86-64 reference run failed (logs in $WORK/out-x86) FAIL"; exit 1; }
+
+# Under the shared SRC path the root sees its checkout at /nanoplus/src and ../shared at /nanoplus/shared.
+say "aarch64: the runtime's tests (torch-free)"
+for f in "$REPO"/tests/test_*.py; do
+    name="$(basename "$f" .py)"
+    case " $(echo $RUNTIME_TESTS $TORCH_TESTS) " in *" $name "*) ;; *)
+        echo "arm64 check: tests/$name.py is in neither RUNTIME_TESTS nor TORCH_TESTS of $0: add it to one FAIL"; exit 1;;
+    esac
+done
+TEST_FILES="$(for t in $RUNTIME_TESTS; do printf 'tests/%s.py ' "$t"; done)"
+set +e
+in_root "cd /nanoplus/src && python -m pytest -q -p no:cacheprovider $TEST_FILES" > "$N/out/tests.txt" 2>&1
+TESTS_RC=$?
+set -e
+tail -3 "$N/out/tests.txt"
+
+say "aarch64: eval fp16 + int8, infer, pre-processing dump (emulated: slow)"
+in_root "PY=/nanoplus/venv/bin/python SRC=/nanoplus/src OUT=/nanoplus/out; $RUNS" \
+    || { echo "arm64 check: the aarch64 run failed (logs in $N/out) FAIL"; exit 1; }
+
+say "aarch64: nanoplus bench (timings are emulated)"
+in_root "cd /nanoplus/src && nanoplus bench ../shared/$FP16_MODEL --threads 1 --warmup 2 --runs 10 --quiet --json /nanoplus/out/bench.json" \
+    > "$N/out/bench.txt" 2>&1 || { cat "$N/out/bench.txt"; echo "arm64 check: nanoplus bench failed FAIL"; exit 1; }
+cat "$N/out/bench.txt"
+
+# ------------------------------------------------------------------ the verdict
+ELAPSED=$(( $(date +%s) - START ))
+"$WORK/venv-x86/bin/python" "$REPO/scripts/arm64_compare.py" --x86 "$WORK/out-x86" --aarch64 "$N/out" \
+    --tests-rc "$TESTS_RC" --elapsed-s "$ELAPSED" --emulation "$EMULATION"
