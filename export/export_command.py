@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-images", type=int, default=300, metavar="N", help="calibration images at most (default: 300)")
     parser.add_argument("--uint8-input", action="store_true",
                         help="OpenVINO: fold mean/std into the graph; the IR takes the raw warped BGR image as uint8 NCHW")
-    parser.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO: dynamic batch and size; NCNN: dynamic size")
+    parser.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO: dynamic batch and size (NCNN files always take any size that is a multiple of 32)")
     parser.add_argument("--opset", type=int, default=11, help="ONNX opset, 11-17 (default: 11, as upstream)")
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxsim/onnxslim")
     parser.add_argument("--out-dir", metavar="DIR", help="output folder (default: the checkpoint's folder)")

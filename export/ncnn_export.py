@@ -1,11 +1,19 @@
 """NCNN export (``.param`` + ``.bin``) through pnnx, fp32 or fp16 weight storage.
 
-pnnx converts a TorchScript trace of the folded deploy graph (sigmoid scores on). It names the
-blobs ``in0`` / ``out0`` (recorded in the sidecar JSON, which is where ncnn files keep their
-metadata) and stores fp16 weights unless told ``fp16=0``. The output blob is (N, C+32): layout NC,
-the same as the ONNX file, without the batch axis. With ``dynamic`` a second input shape
-(``inputshape2``, larger by two cells of the coarsest stride) makes pnnx keep every level's size
-free instead of baking it into the reshapes.
+pnnx converts a TorchScript trace of the folded deploy graph (sigmoid scores on) and stores fp16
+weights unless told ``fp16=0``. The output blob is (N, C+32): layout NC, the same as the ONNX
+file, without the batch axis.
+
+What other programs find in the file (recorded in the sidecar JSON, where ncnn files keep their
+metadata):
+- blob names as upstream's ``demo_ncnn`` reads them: input ``data``, output ``output`` (pnnx's
+  ``in0`` / ``out0`` are renamed);
+- per level, the head's raw output (C+32, h, w) with class logits, named ``stride8``, ``stride16``,
+  ... and listed in ``level_outputs``: what ncnn's ``nanodetplus_pnnx`` example decodes;
+- any input size whose height and width are multiples of 32: two traces at different sizes
+  (``inputshape2``, larger by two cells of the coarsest stride) make pnnx keep every level's size
+  free instead of baking the traced size into the reshapes (a file fixed at 416 x 416 gave a wrong
+  number of rows, without an error, at any other size).
 
 INT8: ncnn's quantisation tools (``ncnn2table`` / ``ncnn2int8``) are not in the PyPI ``ncnn`` or
 ``pnnx`` packages, nor in Debian's, so NCNN INT8 files are not made here.
@@ -21,6 +29,7 @@ from pathlib import Path
 
 from nanoplus.export.onnx_export import ExportError, prepare_for_export
 from nanoplus.runtime.backends import read_ncnn_blob_names
+from nanoplus.atomic import write_text_atomic
 from nanoplus.runtime.metadata import ModelMeta, write_sidecar
 
 
@@ -69,24 +78,81 @@ def export_ncnn(
             f"pnnxpy={staging / 'model_pnnx.py'}", f"pnnxonnx={staging / 'model.pnnx.onnx'}",
             f"ncnnpy={staging / 'model_ncnn.py'}",
         ]
-        if dynamic:
-            # pnnx marks a dimension dynamic where the two traces differ: grow the input by two
-            # cells of the coarsest stride so that every level's height and width change
-            grow = 2 * max(int(s) for s in meta.strides)
-            command.append(f"inputshape2=[1,3,{height + grow},{width + grow}]f32")
+        # pnnx marks a dimension dynamic where the two traces differ: grow the input by two
+        # cells of the coarsest stride so that every level's height and width change
+        grow = 2 * max(int(s) for s in meta.strides)
+        command.append(f"inputshape2=[1,3,{height + grow},{width + grow}]f32")
         result = subprocess.run(command, capture_output=True, text=True, cwd=staging)
         if result.returncode != 0 or not staged_param.is_file() or not staged_bin.is_file():
             log = (result.stdout + result.stderr)[-3000:]
             raise ExportError(f"pnnx could not convert the model for {param_path} (exit {result.returncode}):\n{log}")
-        input_name, output_name = read_ncnn_blob_names(staged_param)
+        level_blobs = rename_blobs(staged_param, [int(s) for s in meta.strides])
         os.replace(staged_bin, param_path.with_suffix(".bin"))
         os.replace(staged_param, param_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
     meta = copy.deepcopy(meta)
-    meta.input_name, meta.output_name = input_name, output_name
+    meta.input_name, meta.output_name = INPUT_BLOB, OUTPUT_BLOB
     meta.input_dtype, meta.score_activation, meta.layout = "float32", "sigmoid", "NC"
     meta.precision = "fp16" if fp16 else "fp32"
+    meta.level_outputs = [{"stride": stride, "blob": blob, "shape": "CHW", "scores": "logits"}
+                          for stride, blob in zip(meta.strides, level_blobs)]
+    meta.notes = [NCNN_SIZE_NOTE]
     write_sidecar(meta, param_path)
     return param_path
+
+
+INPUT_BLOB, OUTPUT_BLOB = "data", "output"  # upstream's demo_ncnn names
+NCNN_SIZE_NOTE = ("any input size whose height and width are multiples of 32 works (the output then has one "
+                  "row per prior point at that size); input_hw is the size it was exported and checked at")
+
+
+def rename_blobs(param_path: Path, strides: list[int]) -> list[str]:
+    """Rename pnnx's blobs in a .param in place: input ``data``, output ``output``, and each
+    level's raw head output ``stride{s}``. Returns the level blob names in ``strides`` order.
+
+    The head's graph per level (prepare_for_export: sigmoid on the class channels):
+    Convolution -> raw (C+32, h, w) -> Slice -> Sigmoid + bins -> Concat -> Reshape, and the four
+    Reshapes -> Concat -> Permute -> output. The raw blob is found by walking that chain back.
+    """
+    lines = param_path.read_text(encoding="utf-8").split("\n")
+    layers = [line.split() for line in lines[2:] if line.strip()]
+    producer = {}
+    for parts in layers:
+        n_in, n_out = int(parts[2]), int(parts[3])
+        for top in parts[4 + n_in:4 + n_in + n_out]:
+            producer[top] = (parts[0], parts[4:4 + n_in], parts[4 + n_in:4 + n_in + n_out])
+    input_blob, output_blob = read_ncnn_blob_names(param_path)
+
+    def back(blob: str, kind: str) -> list[str]:
+        """The bottoms of the layer that makes ``blob``, which must be a ``kind`` layer."""
+        layer = producer.get(blob)
+        if layer is None or layer[0] != kind:
+            raise ExportError(f"{param_path}: unexpected ncnn graph at blob '{blob}' (expected a {kind} layer, "
+                              f"found {layer[0] if layer else 'none'}); cannot name the level outputs")
+        return layer[1]
+
+    level_reshaped = back(back(output_blob, "Permute")[0], "Concat")
+    if len(level_reshaped) != len(strides):
+        raise ExportError(f"{param_path}: the output joins {len(level_reshaped)} levels, not {len(strides)}")
+    names = {input_blob: INPUT_BLOB, output_blob: OUTPUT_BLOB}
+    for stride, reshaped in zip(strides, level_reshaped):
+        scores, _bins = back(back(reshaped, "Reshape")[0], "Concat")  # sigmoid(class logits), bins
+        names[back(back(scores, "Sigmoid")[0], "Slice")[0]] = f"stride{stride}"  # the convolution's output
+    taken = {b for parts in layers for b in parts[4:4 + int(parts[2]) + int(parts[3])]} - set(names)
+    clash = taken & set(names.values())
+    if clash:
+        raise ExportError(f"{param_path}: pnnx already uses the blob name(s) {sorted(clash)}")
+    out = lines[:2]
+    for line in lines[2:]:
+        parts = line.split()
+        if not parts:
+            out.append(line)
+            continue
+        n_in, n_out = int(parts[2]), int(parts[3])
+        blobs = [names.get(b, b) for b in parts[4:4 + n_in + n_out]]
+        layer_name = names.get(parts[1], parts[1]) if parts[0] == "Input" else parts[1]
+        out.append(" ".join([parts[0], layer_name, parts[2], parts[3], *blobs, *parts[4 + n_in + n_out:]]))
+    write_text_atomic(param_path, "\n".join(out))
+    return [f"stride{s}" for s in strides]

@@ -24,6 +24,10 @@ DEFAULT_MEAN_BGR = (103.53, 116.28, 123.675)
 DEFAULT_STD_BGR = (57.375, 57.12, 58.395)
 
 
+# fields written only when they hold something (see ModelMeta.to_json)
+OPTIONAL_FIELDS = ("level_outputs", "notes")
+
+
 class MetadataError(NanoplusError, ValueError):
     """Metadata that is missing a field or has a wrong value; the message names the file and field."""
 
@@ -46,6 +50,12 @@ class ModelMeta:
     model_name: str = ""  # e.g. nanodet-plus-m_416
     precision: str = "fp32"  # storage/compute precision of the file: fp32, fp16, int8
     format_version: int = FORMAT_VERSION
+    # For programs other than nanoplus (written only when not empty): an ncnn file's per-level
+    # head outputs, for decoders that read level by level (ncnn's nanodetplus_pnnx example):
+    # [{"stride": 8, "blob": "stride8", "shape": "CHW", "scores": "logits"}, ...]; and what a
+    # program must know to get this file's answers (sizes it accepts, the precision to pin).
+    level_outputs: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -82,11 +92,20 @@ class ModelMeta:
         ):
             if getattr(self, name) not in allowed:
                 bad(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
+        for level in self.level_outputs:
+            if not isinstance(level, dict) or not {"stride", "blob"} <= set(level):
+                bad("level_outputs", f"entries need 'stride' and 'blob', got {level!r}")
+        if not all(isinstance(note, str) for note in self.notes):
+            bad("notes", "must be a list of texts")
         return self
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        data = asdict(self)
+        for key in OPTIONAL_FIELDS:  # absent when empty: readers of format 1 before them still read the file
+            if not data[key]:
+                del data[key]
+        return json.dumps(data, indent=1)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "metadata") -> "ModelMeta":

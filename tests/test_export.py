@@ -307,10 +307,11 @@ def test_metadata_round_trips(exported):
             assert np.allclose(meta.mean, cfg.data.mean) and np.allclose(meta.std, cfg.data.std)
             assert (meta.color_order, meta.resize_mode, meta.layout) == ("BGR", "stretch", "NC")
             assert (meta.score_activation, meta.input_dtype, meta.precision) == ("sigmoid", "float32", key[1])
+        # upstream's names everywhere (its demo_ncnn reads data / output)
+        assert (sidecar.input_name, sidecar.output_name) == ("data", "output")
         if key[0] == "ncnn":
-            assert (sidecar.input_name, sidecar.output_name) == ("in0", "out0")
-        else:
-            assert (sidecar.input_name, sidecar.output_name) == ("data", "output")
+            assert [(level["stride"], level["blob"]) for level in sidecar.level_outputs] == \
+                [(s, f"stride{s}") for s in cfg.model.head.strides]
         if key in inside:
             assert inside[key] == sidecar
 
@@ -458,7 +459,11 @@ def small_ckpt(tmp_path_factory):
     return _make_checkpoint(tmp_path, "nanodet-plus-m_320", ["model.num_classes=2"], seed=3)
 
 
-def test_dynamic_onnx_and_ncnn_run_at_other_sizes(small_ckpt, tmp_path):
+def test_dynamic_onnx_and_any_ncnn_run_at_other_sizes(small_ckpt, tmp_path):
+    """--dynamic ONNX, and every NCNN file (exported at 128x160, no --dynamic: a file fixed at its
+    traced size gave a wrong number of rows without an error), at other multiples of 32; the NCNN
+    file's per-level blobs (recorded in the sidecar) are the head's raw outputs, as ncnn's
+    nanodetplus_pnnx example reads them."""
     import onnxruntime as ort
 
     from nanoplus.export.ncnn_export import export_ncnn
@@ -470,9 +475,10 @@ def test_dynamic_onnx_and_ncnn_run_at_other_sizes(small_ckpt, tmp_path):
     meta = export_command.export_meta(cfg, cfg.class_names, [128, 160])
     graph = prepare_for_export(deploy)
     export_onnx(graph, meta, tmp_path / "model.onnx", dynamic=True, prepared=True)
-    export_ncnn(graph, meta, tmp_path / "model_ncnn.param", dynamic=True, prepared=True)
+    export_ncnn(graph, meta, tmp_path / "model_ncnn.param", prepared=True)
+    levels = read_sidecar(tmp_path / "model_ncnn.param").level_outputs
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    for hw in [(192, 96), (128, 160)]:
+    for hw in [(192, 96), (128, 160), (64, 288)]:
         blob = np.random.default_rng(0).standard_normal((2, 3, *hw)).astype(np.float32)
         want = np.stack([_torch_contract_output(deploy, blob[i:i + 1], 2) for i in range(2)])
         got = session.run(["output"], {"data": blob})[0]
@@ -482,8 +488,22 @@ def test_dynamic_onnx_and_ncnn_run_at_other_sizes(small_ckpt, tmp_path):
         net.load_model(str(tmp_path / "model_ncnn.bin"))
         image = np.ascontiguousarray(blob[0])
         ex = net.create_extractor()
-        ex.input("in0", ncnn.Mat(image))
-        out = np.array(ex.extract("out0")[1])
+        mat = ncnn.Mat(image)  # borrows image's memory: both must outlive the extractor's runs
+        ex.input("data", mat)
+        # the levels first, as ncnn's example reads them (this ncnn crashes extracting a blob that
+        # light mode already released, after "output")
+        with torch.no_grad():
+            feats = deploy.fpn(deploy.backbone(torch.from_numpy(blob[:1])))
+        for level, feat, convs, gfl_cls in zip(levels, feats, deploy.head.cls_convs, deploy.head.gfl_cls):
+            with torch.no_grad():
+                for conv in convs:
+                    feat = conv(feat)
+                raw = gfl_cls(feat)[0].numpy()  # (C+32, h, w): class logits, then the bins
+            got = np.array(ex.extract(level["blob"])[1])
+            assert (level["shape"], level["scores"]) == ("CHW", "logits")
+            assert got.shape == raw.shape == (34, -(-hw[0] // level["stride"]), -(-hw[1] // level["stride"]))
+            assert np.abs(got - raw).max() < 1e-4
+        out = np.array(ex.extract("output")[1])
         assert out.shape == (_num_points(hw), 34) and np.abs(out - want[0]).max() < 1e-4
 
 

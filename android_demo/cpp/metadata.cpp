@@ -20,6 +20,7 @@ const char* const kKnownFields[] = {
     "class_names", "input_hw", "strides", "reg_max", "mean", "std", "color_order", "resize_mode",
     "input_dtype", "score_activation", "layout", "input_name", "output_name", "model_name",
     "precision", "format_version",
+    "level_outputs", "notes",  // for other programs (per-level ncnn blobs, usage notes): not needed here
 };
 
 [[noreturn]] void bad_field(const std::string& source, const std::string& name, const std::string& msg) {
