@@ -28,7 +28,6 @@ import tempfile
 from pathlib import Path
 
 from nanoplus.export.onnx_export import ExportError, prepare_for_export
-from nanoplus.runtime.backends import read_ncnn_blob_names
 from nanoplus.atomic import write_text_atomic
 from nanoplus.runtime.metadata import ModelMeta, write_sidecar
 
@@ -116,22 +115,19 @@ def rename_blobs(param_path: Path, strides: list[int]) -> list[str]:
     Convolution -> raw (C+32, h, w) -> Slice -> Sigmoid + bins -> Concat -> Reshape, and the four
     Reshapes -> Concat -> Permute -> output. The raw blob is found by walking that chain back.
     """
-    lines = param_path.read_text(encoding="utf-8").split("\n")
-    layers = [line.split() for line in lines[2:] if line.strip()]
-    producer = {}
-    for parts in layers:
-        n_in, n_out = int(parts[2]), int(parts[3])
-        for top in parts[4 + n_in:4 + n_in + n_out]:
-            producer[top] = (parts[0], parts[4:4 + n_in], parts[4 + n_in:4 + n_in + n_out])
-    input_blob, output_blob = read_ncnn_blob_names(param_path)
+    from nanoplus.runtime.ncnn_param import input_blobs, output_blobs, parse_param
+
+    layers = parse_param(param_path)
+    producer = {top: layer for layer in layers for top in layer.tops}
+    input_blob, output_blob = input_blobs(layers)[0], output_blobs(layers)[-1]
 
     def back(blob: str, kind: str) -> list[str]:
         """The bottoms of the layer that makes ``blob``, which must be a ``kind`` layer."""
         layer = producer.get(blob)
-        if layer is None or layer[0] != kind:
+        if layer is None or layer.type != kind:
             raise ExportError(f"{param_path}: unexpected ncnn graph at blob '{blob}' (expected a {kind} layer, "
-                              f"found {layer[0] if layer else 'none'}); cannot name the level outputs")
-        return layer[1]
+                              f"found {layer.type if layer else 'none'}); cannot name the level outputs")
+        return layer.bottoms
 
     level_reshaped = back(back(output_blob, "Permute")[0], "Concat")
     if len(level_reshaped) != len(strides):
@@ -140,19 +136,16 @@ def rename_blobs(param_path: Path, strides: list[int]) -> list[str]:
     for stride, reshaped in zip(strides, level_reshaped):
         scores, _bins = back(back(reshaped, "Reshape")[0], "Concat")  # sigmoid(class logits), bins
         names[back(back(scores, "Sigmoid")[0], "Slice")[0]] = f"stride{stride}"  # the convolution's output
-    taken = {b for parts in layers for b in parts[4:4 + int(parts[2]) + int(parts[3])]} - set(names)
-    clash = taken & set(names.values())
+    clash = ({b for layer in layers for b in layer.bottoms + layer.tops} - set(names)) & set(names.values())
     if clash:
         raise ExportError(f"{param_path}: pnnx already uses the blob name(s) {sorted(clash)}")
-    out = lines[:2]
-    for line in lines[2:]:
-        parts = line.split()
-        if not parts:
-            out.append(line)
-            continue
-        n_in, n_out = int(parts[2]), int(parts[3])
-        blobs = [names.get(b, b) for b in parts[4:4 + n_in + n_out]]
-        layer_name = names.get(parts[1], parts[1]) if parts[0] == "Input" else parts[1]
-        out.append(" ".join([parts[0], layer_name, parts[2], parts[3], *blobs, *parts[4 + n_in + n_out:]]))
-    write_text_atomic(param_path, "\n".join(out))
+    lines = param_path.read_text(encoding="utf-8").splitlines()
+    for layer in layers:  # the same line with the blob names (and the Input layer's name) replaced
+        parts = lines[layer.line_no - 1].split()
+        count = len(layer.bottoms) + len(layer.tops)
+        parts[4:4 + count] = [names.get(b, b) for b in parts[4:4 + count]]
+        if layer.type == "Input":
+            parts[1] = names.get(parts[1], parts[1])
+        lines[layer.line_no - 1] = " ".join(parts)
+    write_text_atomic(param_path, "\n".join(lines) + "\n")
     return [f"stride{s}" for s in strides]

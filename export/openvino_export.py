@@ -18,6 +18,17 @@ from typing import Optional
 from nanoplus.runtime.metadata import METADATA_KEY, ModelMeta, write_sidecar
 
 
+# What a program other than nanoplus must know to get this file's answers (README "Using the
+# exported files elsewhere"); written into the sidecar and rt_info['nanoplus'] as metadata notes.
+OPENVINO_NOTES = {
+    "precision": ("OpenVINO's CPU plugin computes in bf16 on CPUs that have it (AVX-512 BF16, AMX) unless the "
+                  "program pins f32: core.compile_model(model, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'}) "
+                  "(benchmark_app: -infer_precision f32); nanoplus pins f32 unless asked for bf16"),
+    "uint8_input": ("input: the warped BGR image as uint8 (1, 3, H, W), not normalised; the graph subtracts "
+                    "mean and divides by std itself"),
+}
+
+
 def fold_preprocessing(ov_model, meta: ModelMeta):
     """Make the model take uint8 NCHW images in ``meta.color_order`` and normalise inside the graph.
 
@@ -40,6 +51,10 @@ def save_ir(ov_model, meta: ModelMeta, xml_path: str | os.PathLike, compress_to_
     import openvino as ov
 
     xml_path = Path(xml_path)
+    meta = copy.deepcopy(meta)
+    meta.notes = [note for note in meta.notes if note not in OPENVINO_NOTES.values()] + [OPENVINO_NOTES["precision"]]
+    if meta.input_dtype == "uint8":
+        meta.notes.append(OPENVINO_NOTES["uint8_input"])
     ov_model.set_rt_info(meta.to_json(), [METADATA_KEY])
     staging = Path(tempfile.mkdtemp(prefix=".ov-", dir=xml_path.parent))
     try:
