@@ -42,6 +42,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from nanoplus.atomic import DiskFullError, disk_is_full
 from nanoplus.errors import NanoplusError
 
 FORMATS = ("onnx", "openvino", "ncnn")
@@ -328,6 +329,11 @@ def run(args) -> int:
     try:
         staged = _export_files(graph, meta, args, formats, staging, stem, calib_dataset)
         rows = _gate_and_place(staged, model, meta, args, out_dir, (check_dataset, calib_dataset))
+    except Exception as error:
+        # a full disk shows as OSError, RuntimeError (OpenVINO, torch) or a bad file from pnnx
+        if isinstance(error, DiskFullError) or disk_is_full(out_dir, error):
+            raise DiskFullError(out_dir) from error  # named by the output folder: the staging one is gone
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -21,6 +21,7 @@ INT8: ncnn's quantisation tools (``ncnn2table`` / ``ncnn2int8``) are not in the 
 from __future__ import annotations
 
 import copy
+import io
 import os
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from nanoplus.export.onnx_export import ExportError, prepare_for_export
-from nanoplus.atomic import write_text_atomic
+from nanoplus.atomic import write_bytes_atomic, write_text_atomic
 from nanoplus.runtime.metadata import ModelMeta, write_sidecar
 
 
@@ -65,7 +66,10 @@ def export_ncnn(
         traced_path = staging / "model.pt"
         with torch.no_grad():
             traced = torch.jit.trace(graph, dummy, check_trace=False)
-        traced.save(str(traced_path))
+        # saved through Python: TorchScript's own file writer aborts the process on a full disk
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        write_bytes_atomic(traced_path, buffer.getvalue())
         staged_param, staged_bin = staging / "model.ncnn.param", staging / "model.ncnn.bin"
         command = [
             pnnx_executable(), str(traced_path),

@@ -6,12 +6,16 @@ reader never sees half a file, and a crash or Ctrl-C leaves the previous version
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO, Iterator, Union
+
+from nanoplus.errors import NanoplusError
 
 PathLike = Union[str, os.PathLike]
 
@@ -36,10 +40,51 @@ def atomic_open(path: PathLike, mode: str = "w", fsync: bool = False, suffix: st
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
+        full = isinstance(error, Exception) and disk_is_full(path.parent, error)  # before the unlink frees space
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if full:
+            raise DiskFullError(path.parent) from error
         raise
+
+
+# Writers report a full disk in their own ways (OSError ENOSPC from Python, RuntimeError from
+# torch.save's C++ writer or OpenVINO, an empty file from pnnx): a failed write that leaves less
+# than this much free space in the folder is taken as a full disk.
+LOW_SPACE_BYTES = 4 << 20
+
+
+class DiskFullError(NanoplusError, OSError):
+    """No space left where nanoplus writes; the message names the folder and the fix."""
+
+    def __init__(self, folder: PathLike):
+        self.folder = Path(folder)
+        free = free_bytes(self.folder)
+        shown = f"{free / 1e6:.1f} MB free" if free is not None else "free space unknown"
+        super().__init__(f"no space left on {self.folder} ({shown}); the partial files were removed. Free some "
+                         "space or write somewhere else, and run again")
+
+
+def free_bytes(folder: PathLike) -> int | None:
+    """Bytes this process may still write in ``folder`` (its nearest existing parent), or None."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def disk_is_full(folder: PathLike, error: BaseException) -> bool:
+    """Whether ``error``, raised while writing in ``folder``, is (most likely) a full disk."""
+    if isinstance(error, DiskFullError):
+        return False  # already said
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    free = free_bytes(folder)
+    return free is not None and free < LOW_SPACE_BYTES
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:

@@ -7,6 +7,7 @@ Raspberry Pi never imports torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -65,6 +66,13 @@ def build_command_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _print_error(command: str, error: Exception) -> int:
+    # a file name that is not UTF-8 reaches here as surrogates: show its odd bytes as \xe9
+    message = str(error).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    print(f"nanoplus {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
@@ -81,9 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except NanoplusError as e:
-        # a file name that is not UTF-8 reaches here as surrogates: show its odd bytes as \xe9
-        message = str(e).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        print(f"nanoplus {args.command}: error: {message}", file=sys.stderr)
+        return _print_error(args.command, e)
+    except OSError as e:  # a full disk outside the writes that name their folder (atomic_open, export)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" (writing {e.filename})" if e.filename else ""
+        print(f"nanoplus {args.command}: error: no space left on the device{where}; free some space or write "
+              "somewhere else, and run again", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # an optional package this command needs (torch on a runtime-only install)
         extra = OPTIONAL_PACKAGES.get((e.name or "").split(".")[0])

@@ -715,3 +715,27 @@ def test_published_weights_full_table(tmp_path):
         assert row["parity"] == "pass", row
         bound = 0.02 if row["precision"] == "int8" else 0.003
         assert abs(row["mAP"] - reference) <= bound, row
+
+
+def test_full_disk_during_ncnn_export_is_reported_and_cleaned(small_ckpt, tmp_path, monkeypatch, capsys):
+    """On a full disk pnnx 'succeeds' with empty files (reproduced on a 2 MB tmpfs; TorchScript's
+    own writer aborted the process before): exit 2 naming the output folder, no staging left."""
+    import subprocess as real_subprocess
+
+    import nanoplus.atomic as atomic
+    from nanoplus.cli import main
+    from nanoplus.export import ncnn_export
+
+    def pnnx_on_a_full_disk(command, **kwargs):
+        for arg in command:
+            if arg.startswith(("ncnnparam=", "ncnnbin=")):
+                Path(arg.split("=", 1)[1]).write_bytes(b"")
+        return real_subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(ncnn_export.subprocess, "run", pnnx_on_a_full_disk)
+    monkeypatch.setattr(atomic, "free_bytes", lambda folder: 50_000)
+    ckpt, cfg, deploy = small_ckpt
+    out = tmp_path / "out"
+    assert main(["export", str(ckpt), "--format", "ncnn", "--out-dir", str(out), "--no-parity"]) == 2
+    assert f"no space left on {out} (0.1 MB free)" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
