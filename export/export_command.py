@@ -8,13 +8,18 @@ the format allows and in a sidecar <file>.json always.
 
 Files written (in --out-dir, default: the checkpoint's folder; STEM = --name or the checkpoint's):
   onnx       STEM.onnx                                   fp32
+             STEM_int8.onnx                              with --int8 --calib DATA (QDQ, onnxruntime)
   openvino   STEM_openvino.xml/.bin                      fp32
              STEM_openvino_fp16.xml/.bin                 with --half
              STEM_openvino_int8.xml/.bin                 with --int8 --calib DATA (NNCF post-training)
   ncnn       STEM_ncnn.param/.bin                        fp32 weights
              STEM_ncnn_fp16.param/.bin                   with --half (fp16 weight storage)
---half and --int8 add files; the fp32 files are always written. NCNN INT8 is not available: ncnn's
-quantisation tools are not in the pip/Debian packages.
+             STEM_ncnn_int8.param/.bin                   with --int8 --calib DATA (our writer, ncnn's
+                                                         int8 format; STEM_ncnn_int8.quant.json says
+                                                         which layers stayed float and why)
+--half and --int8 add files; the fp32 files are always written. INT8 files are calibrated on
+--calib DATA; --int8-budget sets the largest mAP loss (measured on the calibration images) that
+mixed precision keeps the NCNN file within.
 
 Parity gate (on by default): the PyTorch model and each file (run through the runtime's Detector,
 as users run it) see the same images; the max |difference| must stay within 1e-4 for the fp32
@@ -30,6 +35,7 @@ examples:
   nanoplus export runs/exp/best.ckpt --format onnx
   nanoplus export best.ckpt --format all --input-size 320x416 --half
   nanoplus export best.ckpt --format openvino --int8 --calib coco/ --check coco/
+  nanoplus export best.ckpt --format ncnn --int8 --calib coco/ --int8-budget 0.005
   nanoplus export m416.ckpt --format all --half --int8 --calib tiny_coco/ --check tiny_coco/ --threads 1
 """
 from __future__ import annotations
@@ -61,10 +67,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checkpoint's data.input_hw")
     parser.add_argument("--imgsz", type=int, nargs="+", help=argparse.SUPPRESS)  # old spelling: --imgsz H W
     parser.add_argument("--half", action="store_true", help="also write fp16 OpenVINO and NCNN files")
-    parser.add_argument("--int8", action="store_true", help="also write an INT8 OpenVINO file (needs --calib)")
+    parser.add_argument("--int8", action="store_true", help="also write an INT8 file of each format (needs --calib)")
     parser.add_argument("--calib", metavar="DATA", help="calibration data for --int8 (COCO folder/json, YOLO YAML or VOC folder)")
     parser.add_argument("--calib-split", default="train", help="split of --calib to use (default: train)")
     parser.add_argument("--calib-images", type=int, default=300, metavar="N", help="calibration images at most (default: 300)")
+    parser.add_argument("--int8-method", default="kl", choices=("kl", "minmax"),
+                        help="NCNN INT8 activation scales: kl (KL divergence, as ncnn2table; default) or minmax")
+    parser.add_argument("--int8-budget", type=float, default=0.005, metavar="MAP",
+                        help="ONNX/NCNN INT8: largest mAP loss against the float file on the calibration images; "
+                             "the layers whose quantisation costs most stay float until the file is within it "
+                             "(default: 0.005; a negative value: every layer int8, nothing measured)")
+    parser.add_argument("--int8-eval-images", type=int, default=100, metavar="N",
+                        help="ONNX/NCNN INT8: calibration images that measure the mAP for --int8-budget (default: 100)")
     parser.add_argument("--uint8-input", action="store_true",
                         help="OpenVINO: fold mean/std into the graph; the IR takes the raw warped BGR image as uint8 NCHW")
     parser.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO: dynamic batch and size (NCNN files always take any size that is a multiple of 32)")
@@ -129,11 +143,12 @@ def file_size(path: Path) -> int:
 
 
 def companion_files(path: Path) -> list[Path]:
-    """The model's files (graph, .bin weights, ONNX external data) and its sidecar .json."""
+    """The model's files (graph, .bin weights, ONNX external data), its sidecar .json and, for an
+    INT8 file of ours, its quantisation report .quant.json."""
     from nanoplus.runtime.backends import model_files
     from nanoplus.runtime.metadata import sidecar_path
 
-    return model_files(path) + [sidecar_path(path)]
+    return model_files(path) + [sidecar_path(path), path.with_suffix(".quant.json")]
 
 
 def move_model(path: Path, dest: Path) -> Path:
@@ -171,16 +186,16 @@ def _check_arguments(args, formats: list[str]) -> None:
                                  "nanoplus train or nanoplus import")
     if args.int8 and not args.calib:
         raise ExportCommandError("--int8 needs calibration images: add --calib DATA (e.g. your training data)")
-    if args.int8 and "openvino" not in formats:
-        raise ExportCommandError("--int8 makes an OpenVINO INT8 file: add openvino to --format "
-                                 "(NCNN INT8 is not available: ncnn's quantisation tools are not in the pip packages)")
+    if args.int8 and (args.calib_images < 1 or args.int8_eval_images < 1):
+        raise ExportCommandError("--calib-images and --int8-eval-images must be at least 1")
     if not 7 <= args.opset <= 20:
         raise ExportCommandError(f"--opset {args.opset}: use 11-17 (11 is upstream's)")
     if args.half and not {"openvino", "ncnn"} & set(formats):
         print("note: --half makes fp16 OpenVINO and NCNN files; the ONNX file stays fp32")
 
 
-def _export_files(graph, meta, args, formats, staging: Path, stem: str, calib_dataset) -> list[tuple[str, Path]]:
+def _export_files(graph, meta, args, formats, staging: Path, stem: str, calib_dataset,
+                  eval_config) -> list[tuple[str, Path]]:
     """Write every requested file into ``staging``; returns [(format, model file)] in table order."""
     from nanoplus.export.onnx_export import export_onnx
     from nanoplus.runtime.metadata import read_sidecar
@@ -192,6 +207,15 @@ def _export_files(graph, meta, args, formats, staging: Path, stem: str, calib_da
                     simplify=not args.no_simplify, prepared=True)
         if "onnx" in formats:
             staged.append(("onnx", onnx_path))
+            if args.int8:
+                from nanoplus.export.onnx_int8 import quantize_onnx
+
+                print(f"quantising ONNX to INT8 (QDQ) with up to {args.calib_images} images of {calib_dataset.source}")
+                int8_path, report = quantize_onnx(
+                    onnx_path, read_sidecar(onnx_path), calib_dataset, staging / f"{stem}_int8.onnx",
+                    **_int8_options(args, eval_config))
+                print(report.summary())
+                staged.append(("onnx", int8_path))
     if "openvino" in formats:
         from nanoplus.export.openvino_export import export_openvino
 
@@ -211,12 +235,28 @@ def _export_files(graph, meta, args, formats, staging: Path, stem: str, calib_da
     if "ncnn" in formats:
         from nanoplus.export.ncnn_export import export_ncnn
 
-        staged.append(("ncnn", export_ncnn(graph, meta, staging / f"{stem}_ncnn.param",
-                                           dynamic=args.dynamic, prepared=True)))
+        ncnn_fp32 = export_ncnn(graph, meta, staging / f"{stem}_ncnn.param", dynamic=args.dynamic, prepared=True)
+        staged.append(("ncnn", ncnn_fp32))
         if args.half:
             staged.append(("ncnn", export_ncnn(graph, meta, staging / f"{stem}_ncnn_fp16.param",
                                                fp16=True, dynamic=args.dynamic, prepared=True)))
+        if args.int8:
+            from nanoplus.export.ncnn_int8 import quantize_ncnn
+
+            print(f"quantising NCNN to INT8 with up to {args.calib_images} images of {calib_dataset.source}")
+            int8_path, report = quantize_ncnn(
+                ncnn_fp32, read_sidecar(ncnn_fp32), calib_dataset, staging / f"{stem}_ncnn_int8.param",
+                method=args.int8_method, **_int8_options(args, eval_config))
+            print(report.summary())
+            staged.append(("ncnn", int8_path))
     return staged
+
+
+def _int8_options(args, eval_config) -> dict:
+    """The options the ONNX and NCNN INT8 writers share."""
+    return dict(max_images=args.calib_images, budget=None if args.int8_budget < 0 else args.int8_budget,
+                eval_images=args.int8_eval_images, score_thr=eval_config.score_thr, iou_thr=eval_config.iou_thr,
+                max_det=eval_config.max_det, threads=args.threads)
 
 
 def _gate_images(args, datasets):
@@ -327,7 +367,7 @@ def run(args) -> int:
     # files are written to a staging folder beside the outputs and reach their names only after the gate
     staging = Path(tempfile.mkdtemp(prefix=f".{stem}-export-", dir=out_dir))
     try:
-        staged = _export_files(graph, meta, args, formats, staging, stem, calib_dataset)
+        staged = _export_files(graph, meta, args, formats, staging, stem, calib_dataset, cfg.eval)
         rows = _gate_and_place(staged, model, meta, args, out_dir, (check_dataset, calib_dataset))
     except Exception as error:
         # a full disk shows as OSError, RuntimeError (OpenVINO, torch) or a bad file from pnnx

@@ -47,6 +47,7 @@ class NcnnLayer:
     line_no: int
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     weight_storage: str = ""  # "fp32", "fp16", "bf16", "int8", "table" for the tagged weight blob
+    bin_span: tuple[int, int] = (0, 0)  # [start, end) byte offsets of this layer's data in the .bin
 
     def get(self, key: int, default: ParamValue = 0) -> ParamValue:
         return self.params.get(key, default)

@@ -611,7 +611,7 @@ def test_parity_check_file_measures_a_difference(small_ckpt, tmp_path):
     (["--input-size", "320", "--imgsz", "320"], "--input-size only"),
     (["--int8"], "--calib"),
     (["--format", "tflite"], "unknown format"),
-    (["--format", "ncnn", "--int8", "--calib", "x"], "OpenVINO"),
+    (["--format", "ncnn", "--int8", "--calib", "x", "--calib-images", "0"], "at least 1"),
 ])
 def test_argument_errors_are_clear(small_ckpt, tmp_path, argv, match):
     ckpt = small_ckpt[0]

@@ -216,7 +216,9 @@ def load_ncnn_model(param_path: str | Path, bin_path: str | Path | None = None) 
     layers = parse_param(param_path)
     reader = _BinReader(bin_path)
     for layer in layers:
+        start = reader.offset
         _read_layer_weights(reader, layer)
+        layer.bin_span = (start, reader.offset)
     left = len(reader.data) - reader.offset
     if left:
         raise NcnnFormatError(
