@@ -71,8 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib", metavar="DATA", help="calibration data for --int8 (COCO folder/json, YOLO YAML or VOC folder)")
     parser.add_argument("--calib-split", default="train", help="split of --calib to use (default: train)")
     parser.add_argument("--calib-images", type=int, default=300, metavar="N", help="calibration images at most (default: 300)")
-    parser.add_argument("--int8-method", default="kl", choices=("kl", "minmax"),
-                        help="NCNN INT8 activation scales: kl (KL divergence, as ncnn2table; default) or minmax")
+    parser.add_argument("--int8-method", default="auto", choices=("auto", "kl", "percentile", "minmax"),
+                        help="NCNN INT8 activation scales: kl (KL divergence, as ncnn2table), percentile (99.99%% of "
+                             "|x|), minmax, or auto (default: kl and percentile measured, the better kept)")
     parser.add_argument("--int8-budget", type=float, default=0.005, metavar="MAP",
                         help="ONNX/NCNN INT8: largest mAP loss against the float file on the calibration images; "
                              "the layers whose quantisation costs most stay float until the file is within it "

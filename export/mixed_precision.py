@@ -3,9 +3,9 @@
 An INT8 file is first measured whole: its mAP on (a labelled part of) the calibration images
 against the float model's, through the runtime's pre- and post-processing. When it loses more than
 the user's budget, each layer's cost is measured (that layer alone in int8: error of the network
-output against float on a few images), and the costliest layers go back to float one at a time,
-re-measuring the mAP after each, until the file is within the budget or a quarter of the layers
-are float. The report names every layer kept float, its cost and the mAP once it was float.
+output against float on a few images), and the costliest layers are tried in float one at a time,
+costliest first: a layer stays float when that raises the measured mAP, until the file is within
+the budget or a quarter of the layers have been tried. The report names every layer kept float, its cost and the mAP once it was float.
 """
 from __future__ import annotations
 
@@ -97,15 +97,19 @@ def keep_costliest_float(report: Int8Report, layers: dict[str, str], cost_alone:
     progress(f"  measured the int8 cost of each of {len(costs)} layers alone")
     limit = max(1, int(len(layers) * MAX_FLOAT_SHARE))
     for name in sorted(costs, key=costs.get, reverse=True)[:limit]:
+        trial = map_with_float(kept | {name})
+        if trial <= report.map_final:  # no gain measured: the layer stays int8
+            progress(f"  {name} (cost {costs[name]:.2e}) float: mAP {trial:.4f}, no gain; stays int8")
+            continue
         kept.add(name)
-        report.map_final = map_with_float(kept)
-        report.kept_float.append(KeptLayer(name, layers[name], costs[name], report.map_final))
-        progress(f"  keep {name} float (cost {costs[name]:.2e}): mAP {report.map_final:.4f}")
+        report.map_final = trial
+        report.kept_float.append(KeptLayer(name, layers[name], costs[name], trial))
+        progress(f"  keep {name} float (cost {costs[name]:.2e}): mAP {trial:.4f}")
         if report.map_float - report.map_final <= report.budget:
             return kept
     report.within_budget = False
-    report.notes.append(f"the budget ({report.budget:g}) was not reached with {len(kept)} layers float; the file "
-                        "keeps them float anyway: raise --int8-budget or give more calibration images")
+    report.notes.append(f"the budget ({report.budget:g}) was not reached after trying the {limit} costliest layers "
+                        f"({len(kept)} kept float as they helped): raise --int8-budget or give more calibration images")
     return kept
 
 

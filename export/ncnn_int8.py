@@ -17,10 +17,11 @@ stride-1 dilation-1 convolutions, whose int8 Winograd kernels need 6-bit weights
 An all-zero channel gets scale 1 (its int8 weights are zeros whatever the scale).
 
 Activation (bottom-blob) scales come from the fp32 model run by ncnn on the calibration images,
-intermediate blobs taken with ``Extractor.extract`` in non-light mode: ``kl`` (default) builds a
-2048-bin histogram of |x| (zeros skipped) per blob and picks the clipping threshold whose 128-level
-quantised distribution has the least KL divergence from the clipped one, as ncnn2table does;
-``minmax`` uses the absolute maximum.
+intermediate blobs taken with ``Extractor.extract`` in non-light mode, one 2048-bin histogram of
+|x| (zeros skipped) per blob: ``kl`` picks the clipping threshold whose 128-level quantised
+distribution has the least KL divergence from the clipped one, as ncnn2table does; ``percentile``
+clips at the 99.99th percentile of |x|; ``minmax`` at the absolute maximum; ``auto`` (default)
+measures kl and percentile on the calibration images and keeps the better.
 
 Mixed precision by measurement (``export/mixed_precision.py``): when the all-int8 file loses more
 mAP on the calibration images than the user's budget, the costliest layers keep their float
@@ -52,7 +53,8 @@ HISTOGRAM_BINS = 2048  # ncnn2table's histogram of |x|
 TARGET_BINS = 128  # int8 levels on one side of zero
 KL_EPS = 1e-4  # ncnn2table adds this to both distributions before the KL divergence
 REQUANTISE_OFFSET = 100  # 8=101/102: the layer writes int8 for int8 consumers
-SCALE_METHODS = ("kl", "minmax")
+SCALE_METHODS = ("auto", "kl", "percentile", "minmax")
+PERCENTILE = 0.9999  # share of the non-zero |x| below the "percentile" threshold
 
 
 class Int8ExportError(NanoplusError, ValueError):
@@ -216,6 +218,10 @@ class BlobStats:
             return 0.0
         if method == "minmax":
             return 127.0 / self.absmax
+        if method == "percentile":  # the upper edge of the bin holding the PERCENTILE-th |x|
+            cumulative = np.cumsum(self.histogram)
+            last_bin = int(np.searchsorted(cumulative, PERCENTILE * cumulative[-1]))
+            return 127.0 / ((last_bin + 1) * self.absmax / HISTOGRAM_BINS)
         threshold = (kl_threshold_bin(self.histogram) + 0.5) * self.absmax / HISTOGRAM_BINS
         return 127.0 / threshold
 
@@ -366,7 +372,7 @@ def quantize_ncnn(
     calib_dataset,
     param_path: str | os.PathLike,
     max_images: int = 300,
-    method: str = "kl",
+    method: str = "auto",
     budget: Optional[float] = 0.005,
     eval_images: int = 100,
     score_thr: float = 0.05,
@@ -400,16 +406,19 @@ def quantize_ncnn(
     blob_names = sorted(set(sources.values()))
     progress(f"  calibration: {len(candidates)} convolutions, {len(blob_names)} input blobs, {len(calib)} images")
     stats = collect_blob_stats(runner, blob_names, lambda: iter(calib), progress)
-    blob_scales = {name: stats[name].scale(method) for name in blob_names}
-
-    plans, notes = {}, []
-    for layer in candidates:
-        scale = blob_scales[sources[layer.name]]
-        if scale <= 0:
-            notes.append(f"{layer.name}: its input was zero on every calibration image; left float")
-            continue
-        plans[layer.name] = LayerQuant(weight_scales(layer), scale)
-    report = Int8Report(engine="ncnn", method=f"{method} activation scales, per-channel weights",
+    # auto: KL and percentile both, the one with the better calibration mAP wins (percentile
+    # without a budget to measure with: it did better on tiny_coco, see the README)
+    methods = (["kl", "percentile"] if budget is not None else ["percentile"]) if method == "auto" else [method]
+    plans_by_method, notes = {}, []
+    for name in methods:
+        blob_scales = {blob: stats[blob].scale(name) for blob in blob_names}
+        plans_by_method[name] = {layer.name: LayerQuant(weight_scales(layer), blob_scales[sources[layer.name]])
+                                 for layer in candidates if blob_scales[sources[layer.name]] > 0}
+    notes += [f"{layer.name}: its input was zero on every calibration image; left float"
+              for layer in candidates if layer.name not in plans_by_method[methods[0]]]
+    chosen = methods[0]
+    plans = plans_by_method[chosen]
+    report = Int8Report(engine="ncnn", method=f"{chosen} activation scales, per-channel weights",
                         calibration_images=len(calib), quantised_layers=len(plans), budget=budget, notes=notes)
 
     staging = Path(tempfile.mkdtemp(prefix=".int8-", dir=param_path.parent))
@@ -428,7 +437,13 @@ def quantize_ncnn(
 
             report.eval_images = len(subset)
             report.map_float = map_of(runner)
-            report.map_all_int8 = map_of(run_file(plans, "all"))
+            method_maps = {name: map_of(run_file(plans_by_method[name], "all")) for name in methods}
+            chosen = max(methods, key=method_maps.get)
+            plans, report.map_all_int8 = plans_by_method[chosen], method_maps[chosen]
+            report.method = f"{chosen} activation scales, per-channel weights"
+            if len(methods) > 1:
+                report.notes.append("activation scales chosen by calibration mAP (all layers int8): "
+                                    + ", ".join(f"{name} {value:.4f}" for name, value in method_maps.items()))
             progress(f"  mAP on {len(subset)} calibration images: float {report.map_float:.4f}, "
                      f"all int8 {report.map_all_int8:.4f}")
             probe = [blob for blob, _ in zip(calib, range(sensitivity_images))]

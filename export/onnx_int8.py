@@ -65,7 +65,7 @@ def quantize_onnx(
     calib_dataset,
     onnx_path: str | os.PathLike,
     max_images: int = 300,
-    method: str = "minmax",
+    method: str = "percentile",
     budget: Optional[float] = 0.005,
     eval_images: int = 100,
     score_thr: float = 0.05,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import IMAGES, NCNN_FP16_DIR, NCNN_INT8_DIR, REPO_ROOT, require, require_module
+from conftest import IMAGES, NCNN_FP16_DIR, NCNN_INT8_DIR, REPO_ROOT, TINY_COCO, require, require_module
 
 DEMO = REPO_ROOT / "android_demo"
 BUILD = DEMO / "build"
@@ -196,6 +196,37 @@ def test_int8_model_and_upstream_thresholds_match_python_runtime(png_photos, tmp
         print(f"int8 {name}: {diff}")
 
 
+@pytest.fixture(scope="module")
+def our_int8(tmp_path_factory) -> Path:
+    """The published fp16 file through nanoplus's own INT8 writer (export/ncnn_int8.py): every
+    convolution int8, minmax scales from 4 tiny_coco train images (seconds; the slow export test
+    makes the calibrated file)."""
+    require_module("ncnn")
+    from nanoplus.export.ncnn_int8 import quantize_ncnn
+    from nanoplus.runtime.datasets import load_dataset
+    from nanoplus.runtime.metadata import ModelMeta
+
+    meta = ModelMeta.for_foreign_model(80, (416, 416), layout="CN", score_activation="none", input_name="in0",
+                                       output_name="out0", model_name="nanodet-plus-m_416", precision="fp16")
+    out = tmp_path_factory.mktemp("our_int8") / "m416_ncnn_int8.param"
+    calib = load_dataset(str(require(TINY_COCO)), split="train")
+    quantize_ncnn(require(FP16_PARAM), meta, calib, out, max_images=4, method="minmax", budget=None, threads=1,
+                  progress=lambda s: None)
+    return out
+
+
+def test_our_int8_model_matches_python_runtime(our_int8, png_photos, tmp_path):
+    """nanoplus's INT8 file (requantising int8 chains): the program's detections are the Python runtime's."""
+    names = ["dog", "kite", "person"]
+    expected = python_detections(our_int8, [png_photos[n][1] for n in names], "fp32", score_thr=0.05)
+    native = native_detections(our_int8, [png_photos[n][0] for n in names], tmp_path, "--precision", "fp32",
+                               "--score-thr", 0.05)
+    for name, py, nat in zip(names, expected, native):
+        diff = compare(py, nat, 0.05)
+        assert diff["n"] > 10, name
+        print(f"our int8 {name}: {diff}")
+
+
 def test_single_label_and_max_det(png_photos, tmp_path):
     param = require(FP16_PARAM)
     path, img = png_photos["kite"]
@@ -359,3 +390,19 @@ def test_aarch64_build_under_qemu(png_photos, tmp_path):
     expected = python_detections(FP16_PARAM, [img], "fp32")[0]
     diff = compare(expected, native, 0.35)
     print(f"aarch64 under qemu, dog: {diff}")
+
+
+def test_our_int8_model_aarch64_under_qemu(our_int8, png_photos, tmp_path):
+    """nanoplus's INT8 file on the cross-built aarch64 program (ncnn's ARM int8 kernels) under qemu:
+    the Python runtime's (x86) detections."""
+    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    if not AARCH64_BIN.is_file() or qemu is None:
+        pytest.skip(f"needs {AARCH64_BIN} (android_demo/scripts/build.sh aarch64) and qemu-user-static")
+    names = ["dog", "kite"]
+    expected = python_detections(our_int8, [png_photos[n][1] for n in names], "fp32", score_thr=0.05)
+    native = native_detections(our_int8, [png_photos[n][0] for n in names], tmp_path, "--precision", "fp32",
+                               "--score-thr", 0.05, binary=AARCH64_BIN, prefix=(qemu,))
+    for name, py, nat in zip(names, expected, native):
+        diff = compare(py, nat, 0.05)
+        assert diff["n"] > 10, name
+        print(f"our int8 {name}, aarch64 under qemu: {diff}")
