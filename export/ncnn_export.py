@@ -15,8 +15,8 @@ metadata):
   free instead of baking the traced size into the reshapes (a file fixed at 416 x 416 gave a wrong
   number of rows, without an error, at any other size).
 
-INT8: ncnn's quantisation tools (``ncnn2table`` / ``ncnn2int8``) are not in the PyPI ``ncnn`` or
-``pnnx`` packages, nor in Debian's, so NCNN INT8 files are not made here.
+INT8 files are made from this module's fp32 file by our own writer, ``export/ncnn_int8.py`` (ncnn's
+``ncnn2table`` / ``ncnn2int8`` are not in the PyPI or Debian packages).
 """
 from __future__ import annotations
 

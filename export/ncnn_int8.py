@@ -332,7 +332,10 @@ def with_requantisation(model: FloatNcnn, plans: dict[str, LayerQuant]) -> dict[
         layer = model.layer(name)
         consumers = model.consumers(layer.tops[0])
         if len(consumers) == 1 and consumers[0].type == "Split":
-            consumers = [c for top in consumers[0].tops for c in model.consumers(top)]
+            split_tops = consumers[0].tops
+            # a Split output nobody consumes is a model output: it must stay float
+            consumers = [c for top in split_tops for c in model.consumers(top)] if all(
+                model.consumers(top) for top in split_tops) else []
         top_scale = None
         if consumers and all(c.name in plans for c in consumers):
             scales = {plans[c.name].bottom_scale for c in consumers}
