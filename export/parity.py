@@ -19,7 +19,9 @@ precision  scores  bins    measured on the published NanoDet-Plus-m-416 weights 
 fp32       1e-4    1e-3    onnxruntime 1.6e-6 / 1.4e-4, OpenVINO 1.1e-6 / 3.5e-5, ncnn 3.5e-6 / 2.3e-4
 fp16       3e-2    2       OpenVINO 7.2e-3 / 0.55, ncnn 7.0e-3 / 0.84
 bf16       1.5e-1  16      OpenVINO run in bf16: 7.1e-2 / 7.3
-int8       2.5e-1  32      OpenVINO NNCF INT8: 0.17 / 12.3 (tiny_coco mAP still within 0.002)
+int8       4e-1    48      OpenVINO NNCF INT8: 0.17 / 12.3 (tiny_coco mAP still within 0.002); NCNN
+                           INT8 (export/ncnn_int8.py, all layers int8): 0.31 / 28.9 on the gate's 4
+                           tiny_coco train images, tiny_coco val mAP within 0.01
 =========  ======  ======  =====================================================================
 
 Why the fp32 bin bound is 1e-3 and not 1e-4: the bins are logits of size up to ~40 in a trained
@@ -28,7 +30,8 @@ for these weights, and ncnn's convolution kernels differ by 2.3e-4. An error of 
 logits moves a box side by under 0.25 px even at stride 64 (at most the spread of the bin
 distribution, <= 3.5 bins, times the error, times the stride). Scores keep the 1e-4 bound (measured: a few 1e-6).
 The lossy bounds only catch a broken file: feeding RGB instead of BGR moves the scores by 0.34-0.51,
-a 5% error in one FPN weight by 0.02 (caught at fp32, not at fp16). The raw bins of low-probability
+a 5% error in one FPN weight by 0.02 (caught at fp32, not at fp16; the INT8 bound catches only
+grosser breakage, the fp32 file of the same export catches those). The raw bins of low-probability
 positions move a lot under fp16/int8 without changing any box that matters. Whether a lossy file
 is good enough is what ``--check DATA`` (mAP against the PyTorch model) answers.
 """
@@ -52,7 +55,7 @@ PARITY_BOUNDS = {
     "fp32": (1e-4, 1e-3),
     "fp16": (3e-2, 2.0),
     "bf16": (1.5e-1, 16.0),
-    "int8": (2.5e-1, 32.0),
+    "int8": (4e-1, 48.0),
 }
 _COARSENESS = ["fp32", "fp16", "bf16", "int8"]
 
