@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from nanoplus.runtime import preprocess as pre
+from nanoplus.runtime.images import read_image
 from nanoplus.runtime.preprocess_reference import reference_normalize, reference_warp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def main() -> int:
     print("|" + "---|" * len(header))
     worst = {name: (0, 0.0, 0.0) for name in implementations}
     for path in photos:
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        img = read_image(path)
         for side in sizes:
             size = (side, side)
             matrix = pre.get_warp_matrix(img.shape[:2], size)

@@ -75,6 +75,9 @@ def _print_error(command: str, error: Exception) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if not argv or argv[0] not in COMMANDS:
         parser = build_parser()
         parser.parse_args(argv)  # --help, --version, or a clear error for an unknown command

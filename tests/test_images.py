@@ -158,3 +158,24 @@ def test_infer_never_overwrites_its_inputs(onnx_model, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["a.jpg", "b.jpg"]
     # a different folder is fine
     assert _infer(onnx_model, folder, "--save-dir", tmp_path / "out").returncode == 0
+
+
+def test_training_data_in_a_non_utf8_folder(tmp_path):
+    """The generated dataset written into, loaded from and read for training in a folder whose name
+    is not UTF-8 (cv2.imwrite / cv2.imread crashed there)."""
+    pytest.importorskip("torch")
+    from nanoplus.runtime.datasets import load_dataset
+    from conftest import TINY_MODEL
+    from nanoplus.train.config import load_config
+    from nanoplus.runtime.metadata import meta_from_config
+    from nanoplus.train.dataset import DetectionDataset
+
+    folder = tmp_path / f"tr{LATIN1}in"
+    made = subprocess.run([sys.executable, "-m", "nanoplus.train.synthetic", os.fspath(folder), "--num-train", "4",
+                           "--num-val", "2", "--height", "64", "--width", "64"], capture_output=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    train = load_dataset(folder, "train", log=False)
+    assert len(train) == 4 and not train.issues.get("unreadable_image")
+    cfg = load_config("nanodet-plus-m_416", TINY_MODEL)
+    samples = DetectionDataset(train.records, meta_from_config(cfg, train.class_names), cfg.data.augment)
+    assert all(tuple(samples[i]["image"].shape) == (3, 64, 64) for i in range(len(samples)))

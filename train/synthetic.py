@@ -35,6 +35,7 @@ from typing import Sequence, Union
 import cv2
 import numpy as np
 
+from nanoplus.atomic import write_bytes_atomic
 from nanoplus.errors import NanoplusError
 
 CLASS_NAMES = ("circle", "square", "triangle")
@@ -155,8 +156,11 @@ def _write_split(out: Path, split: str, count: int, height: int, width: int, see
         rng = np.random.default_rng([seed, split_code, index])  # each image independent of counts
         img, objects = render_image(rng, height, width, max_objects, empty_fraction, *object_size)
         file_name = f"{index:06d}.jpg"
-        if not cv2.imwrite(str(out / split / file_name), img, [cv2.IMWRITE_JPEG_QUALITY, 92]):
-            raise OSError(f"cannot write {out / split / file_name}")
+        # encoded here and written by Python: cv2.imwrite crashes on a folder name that is not UTF-8
+        ok, encoded = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        if not ok:
+            raise OSError(f"OpenCV cannot encode {out / split / file_name} as JPEG")
+        write_bytes_atomic(out / split / file_name, encoded.tobytes())
         image_id = index + 1
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         for cls, box in objects:
