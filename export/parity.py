@@ -9,8 +9,11 @@ are compared: max |difference| of the sigmoid class scores and of the raw box bi
 point, class and image. The PyTorch side applies the sigmoid itself (not the head's export flag),
 so a wrong flag or a wrong channel split shows up as a difference.
 
-Bounds (max abs difference over every point of every image), by the precision the file is
-stored or run in, whichever is coarser:
+Bounds (max abs difference over every point of every image, ``PARITY_BOUNDS``: scores, bins), by
+the precision the file is stored or run in, whichever is coarser (``bound_for``). What each bound
+was chosen from (differences measured when it was set, on the published NanoDet-Plus-m-416
+weights and the images named; the README's export table has each exported file's own
+differences, next to the command that measured them):
 
 =========  ======  ======  =====================================================================
 precision  scores  bins    measured on the published NanoDet-Plus-m-416 weights (20 tiny_coco
@@ -25,10 +28,10 @@ int8       4e-1    48      OpenVINO NNCF INT8: 0.17 / 12.3 (tiny_coco mAP still 
 =========  ======  ======  =====================================================================
 
 Why the fp32 bin bound is 1e-3 and not 1e-4: the bins are logits of size up to ~40 in a trained
-model, and PyTorch's own float32 output differs from the exact (float64) result by 1.1e-4 on them
-for these weights, and ncnn's convolution kernels differ by 2.3e-4. An error of 1e-3 in the bin
-logits moves a box side by under 0.25 px even at stride 64 (at most the spread of the bin
-distribution, <= 3.5 bins, times the error, times the stride). Scores keep the 1e-4 bound (measured: a few 1e-6).
+model, and PyTorch's own float32 output differs from the exact (float64) result by about 1e-4 on
+them, ncnn's convolution kernels by a few 1e-4. An error of 1e-3 in the bin logits moves a box
+side by under 0.25 px even at stride 64 (at most the spread of the bin distribution, <= 3.5 bins,
+times the error, times the stride). Scores keep the 1e-4 bound (they differ by a few 1e-6).
 The lossy bounds only catch a broken file: feeding RGB instead of BGR moves the scores by 0.34-0.51,
 a 5% error in one FPN weight by 0.02 (caught at fp32, not at fp16; the INT8 bound catches only
 grosser breakage, the fp32 file of the same export catches those). The raw bins of low-probability
@@ -131,36 +134,35 @@ def parity_images(source: Optional[str | os.PathLike] = None, count: int = 4, se
     return images
 
 
-def float_meta(meta: ModelMeta) -> ModelMeta:
-    """The same metadata for the float32 NCHW input the PyTorch model takes."""
+def torch_meta(meta: ModelMeta) -> ModelMeta:
+    """The same metadata for the PyTorch deploy model: float32 NCHW input, (N, C+32) output of
+    raw logits."""
     m = copy.deepcopy(meta)
     m.input_dtype = "float32"
+    m.layout = "NC"
+    m.score_activation = "none"
     return m
 
 
-def torch_outputs(model, meta: ModelMeta, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The PyTorch deploy model's outputs in the exported contract, one (N, C+32) float32 per image.
-
-    model: the deploy model (raw logits; its export flag is not used); each image is pre-processed
-    by ``runtime.preprocess.preprocess`` with ``meta`` (float input), the scores get a sigmoid here.
-    """
-    import torch
-
-    from nanoplus.runtime.preprocess import preprocess
+def torch_detector(model, meta: ModelMeta, score_thr: float = 0.35, iou_thr: float = 0.6, max_det: int = 100):
+    """The PyTorch deploy model as a runtime ``Detector`` (``TorchBackend.from_model``): the same
+    pre-processing, sigmoid, decoding and NMS as an exported file. A copy of ``model`` in eval mode
+    runs, its export flag off (the sigmoid is the Detector's, so a wrong flag in a file shows)."""
+    from nanoplus.runtime.backends import TorchBackend
+    from nanoplus.runtime.detector import Detector
 
     model = copy.deepcopy(model).eval()
     if hasattr(model.head, "sigmoid_scores"):
         model.head.sigmoid_scores = False
-    fmeta = float_meta(meta)
-    num_classes = len(meta.class_names)
-    outputs = []
-    with torch.no_grad():
-        for img in images:
-            blob, _ = preprocess(img, fmeta)
-            raw = model(torch.from_numpy(blob))[0].numpy().astype(np.float32)
-            raw[:, :num_classes] = 1.0 / (1.0 + np.exp(-raw[:, :num_classes]))
-            outputs.append(raw)
-    return outputs
+    fmeta = torch_meta(meta)
+    return Detector.from_backend(TorchBackend.from_model(model, fmeta), fmeta, score_thr, iou_thr, max_det)
+
+
+def torch_outputs(model, meta: ModelMeta, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The PyTorch deploy model's outputs in the exported contract, one (N, C+32) float32 per image
+    with sigmoid scores: ``Detector.infer`` of ``torch_detector`` on each image's pre-processed blob."""
+    detector = torch_detector(model, meta)
+    return [detector.infer(detector.preprocess(img)[0]) for img in images]
 
 
 def check_file(
@@ -203,50 +205,18 @@ def check_file(
 # accuracy check (--check DATA)
 
 
-def _torch_predictions(model, meta: ModelMeta, dataset, score_thr, iou_thr, max_det):
-    """PyTorch deploy model -> detections per record, through the runtime's pre/post-processing."""
-    import torch
-    from tqdm import tqdm
-
-    from nanoplus.runtime.postprocess import postprocess
-    from nanoplus.runtime.preprocess import boxes_to_original, preprocess
-
-    model = copy.deepcopy(model).eval()
-    if hasattr(model.head, "sigmoid_scores"):
-        model.head.sigmoid_scores = False
-    fmeta = float_meta(meta)
-    predictions = []
-    with torch.no_grad():
-        for record in tqdm(dataset.records, desc="eval pytorch", leave=False):
-            img = read_image(record.path)
-            blob, matrix = preprocess(img, fmeta)
-            raw = model(torch.from_numpy(blob))[0].numpy()
-            boxes, scores, labels = postprocess(raw, fmeta.input_hw, fmeta.strides, fmeta.reg_max,
-                                                score_thr, iou_thr, max_det, scores_are_sigmoid=False)
-            predictions.append((boxes_to_original(boxes, matrix, img.shape[:2]), scores, labels))
-    return predictions
-
-
-def _file_predictions(path, dataset, score_thr, iou_thr, max_det, threads=None, label=""):
-    from tqdm import tqdm
-
-    from nanoplus.runtime.detector import Detector
-
-    detector = Detector(str(path), threads=threads, score_thr=score_thr, iou_thr=iou_thr, max_det=max_det)
-    predictions = []
-    for record in tqdm(dataset.records, desc=f"eval {label or Path(path).name}", leave=False):
-        img = read_image(record.path)
-        predictions.append(detector(img))
-    return predictions
-
-
 def evaluate_torch(model, meta, dataset, score_thr=0.05, iou_thr=0.6, max_det=100) -> dict:
-    from nanoplus.runtime.evaluate import evaluate_detections
+    """COCO metrics of the PyTorch deploy model on ``dataset`` (the runtime's one evaluation path)."""
+    from nanoplus.runtime.evaluate import evaluate_detector
 
-    return evaluate_detections(dataset, _torch_predictions(model, meta, dataset, score_thr, iou_thr, max_det))
+    detector = torch_detector(model, meta, score_thr, iou_thr, max_det)
+    return evaluate_detector(detector, dataset, desc="eval pytorch")[0]
 
 
 def evaluate_file(path, dataset, score_thr=0.05, iou_thr=0.6, max_det=100, threads=None, label="") -> dict:
-    from nanoplus.runtime.evaluate import evaluate_detections
+    """COCO metrics of an exported file on ``dataset`` through the runtime's ``Detector``."""
+    from nanoplus.runtime.detector import Detector
+    from nanoplus.runtime.evaluate import evaluate_detector
 
-    return evaluate_detections(dataset, _file_predictions(path, dataset, score_thr, iou_thr, max_det, threads, label))
+    detector = Detector(str(path), threads=threads, score_thr=score_thr, iou_thr=iou_thr, max_det=max_det)
+    return evaluate_detector(detector, dataset, desc=f"eval {label or Path(path).name}")[0]

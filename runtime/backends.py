@@ -315,7 +315,9 @@ class NcnnBackend:
 
 
 class TorchBackend:
-    """A nanoplus checkpoint through PyTorch (EMA weights, deploy model); ``meta`` comes from its config."""
+    """A torch model: a nanoplus checkpoint (EMA weights, deploy model; ``meta`` from its config), or
+    with ``from_model`` a model in memory (the trainer's, the exporter's), so that it runs through
+    a ``Detector`` exactly as an exported file does."""
 
     name = "torch"
 
@@ -325,29 +327,55 @@ class TorchBackend:
             from nanoplus.train.checkpoint import load_model_for_inference
         except ImportError as e:
             raise BackendUnavailableError(f"{path}: the torch backend needs nanoplus's training code ({e})") from None
-        precision = precision or "fp32"
-        if precision not in ("fp32", "auto", "bf16"):
-            raise NanoplusError(f"the torch backend runs fp32 (default, also 'auto') or bf16 (autocast); got '{precision}'")
+        self._check_precision(precision, torch.device("cpu"))
         if threads:
             torch.set_num_threads(int(threads))
+        model, self.config, class_names = load_model_for_inference(str(path))
+        meta = meta_from_config(self.config, class_names)
+        if getattr(getattr(model, "head", None), "sigmoid_scores", False):
+            meta.score_activation = "sigmoid"
+        self._attach(torch, model, meta, precision, torch.device("cpu"))
+
+    @classmethod
+    def from_model(cls, model, meta, precision: Optional[str] = None, device=None) -> "TorchBackend":
+        """A model in memory: (B, 3, H, W) float -> (B, N, C+32), described by ``meta`` (raw logits:
+        ``score_activation`` "none"). It runs in the mode the caller left it in (eval for
+        predictions) on ``device`` (default: where its parameters are). precision: fp32 (default),
+        bf16 (autocast), fp16 (CUDA autocast, the trainer's AMP)."""
+        import torch
+
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        backend = cls.__new__(cls)
+        backend._check_precision(precision, device)
+        backend.config = None
+        backend._attach(torch, model, meta, precision, device)
+        return backend
+
+    @staticmethod
+    def _check_precision(precision: Optional[str], device) -> None:
+        allowed = ("fp32", "auto", "bf16", "fp16") if device.type == "cuda" else ("fp32", "auto", "bf16")
+        if (precision or "fp32") not in allowed:
+            raise NanoplusError(f"the torch backend runs fp32 (default, also 'auto') or bf16 (autocast)"
+                                f"{', or fp16 on CUDA' if device.type == 'cuda' else ''}; got '{precision}'")
+
+    def _attach(self, torch, model, meta, precision: Optional[str], device) -> None:
         self._torch = torch
-        # bf16: torch.autocast, what PyTorch users run for bf16 on a CPU (convolutions in bf16)
-        self._bf16 = precision == "bf16"
-        self.model, self.config, class_names = load_model_for_inference(str(path))
-        self.meta = meta_from_config(self.config, class_names)
-        if getattr(getattr(self.model, "head", None), "sigmoid_scores", False):
-            self.meta.score_activation = "sigmoid"
+        self.model, self.meta, self._device = model, meta, device
+        # bf16 / fp16: torch.autocast, what PyTorch users run for reduced precision (convolutions in it)
+        self.precision = "fp32" if (precision or "fp32") == "auto" else (precision or "fp32")
+        self._autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.input_name, self.output_name = "images", "output"
         self.input_hw = None  # fully convolutional: any multiple-of-32 size the meta asks for
-        self.precision = "bf16" if self._bf16 else "fp32"
         self.version = torch.__version__
         self.embedded_meta = None
 
     def run(self, blob: np.ndarray, keep: bool = True) -> np.ndarray:
         torch = self._torch
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16):
-            out = self.model(torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32)))
-        return out[0].float().numpy()
+        x = torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32)).to(self._device)
+        with torch.inference_mode(), torch.autocast(self._device.type, dtype=self._autocast or torch.bfloat16,
+                                                    enabled=self._autocast is not None):
+            out = self.model(x)
+        return out[0].float().cpu().numpy()
 
 
 def open_backend(model_path, backend: str = "auto", threads: Optional[int] = None, precision: Optional[str] = None,

@@ -207,13 +207,30 @@ class Detector:
                 if value is not None:
                     setattr(meta, key, value)
             meta.validate(f"{path} metadata with the given flags")
+        self._set_meta(meta)
+
+    @classmethod
+    def from_backend(cls, backend, meta: ModelMeta, score_thr: float = 0.35, iou_thr: float = 0.6,
+                     max_det: int = 100, multi_label: bool = True) -> "Detector":
+        """A Detector over an opened backend and its metadata, e.g. a torch model in memory
+        (``backends.TorchBackend.from_model``): the same pre-processing, decoding and NMS as a file."""
+        det = cls.__new__(cls)
+        det.score_thr, det.iou_thr, det.max_det = float(score_thr), float(iou_thr), int(max_det)
+        det.multi_label = bool(multi_label)
+        det.model_path = Path(meta.model_name or "model")
+        det.backend = backend
+        meta.validate(f"metadata of the {backend.name} model in memory")
+        det._set_meta(meta)
+        return det
+
+    def _set_meta(self, meta: ModelMeta) -> None:
         meta.input_name = meta.input_name or self.backend.input_name
         meta.output_name = meta.output_name or self.backend.output_name
         self.meta = meta
         if self.backend.input_hw and tuple(self.backend.input_hw) != tuple(meta.input_hw):
             raise MetadataError(
-                f"{path}: the model's input is {self.backend.input_hw[0]}x{self.backend.input_hw[1]} but its "
-                f"metadata (or --input-size) says {meta.input_hw[0]}x{meta.input_hw[1]}; fix the size"
+                f"{self.model_path}: the model's input is {self.backend.input_hw[0]}x{self.backend.input_hw[1]} but "
+                f"its metadata (or --input-size) says {meta.input_hw[0]}x{meta.input_hw[1]}; fix the size"
             )
         self._num_points = meta.num_points()
         self._num_channels = meta.num_channels

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from nanoplus.atomic import write_json_atomic
 from nanoplus.runtime.infer_command import add_model_arguments, open_detector
@@ -61,31 +60,9 @@ def _eval_settings(detector, args) -> dict:
     return settings
 
 
-def evaluate_model(detector, dataset, progress: bool = True) -> tuple[list, dict]:
-    """Run ``detector`` on every image of ``dataset``; returns (predictions aligned with the
-    records, {"unreadable": [paths], "seconds": float})."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from nanoplus.runtime.detector import Detections
-    from nanoplus.runtime.images import ImageReadError, read_image
-
-    predictions, unreadable = [], []
-    start = time.perf_counter()
-    for record in tqdm(dataset.records, desc="eval", unit="img", disable=not progress, file=sys.stderr):
-        try:
-            img = read_image(record.path)
-        except ImageReadError as e:
-            unreadable.append(str(e))
-            predictions.append(Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), []))
-            continue
-        predictions.append(detector(img))
-    return predictions, {"unreadable": unreadable, "seconds": time.perf_counter() - start}
-
-
 def run(args: argparse.Namespace) -> int:
     from nanoplus.runtime.datasets import check_num_classes, load_dataset
-    from nanoplus.runtime.evaluate import STAT_NAMES, evaluate_detections, format_metrics, write_coco_results
+    from nanoplus.runtime.evaluate import STAT_NAMES, evaluate_detector, format_metrics, write_coco_results
 
     dataset = load_dataset(args.data, args.split, log=False)  # its summary is printed below, once
     detector = open_detector(args, multi_label=not args.single_label)
@@ -99,10 +76,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"eval    score > {detector.score_thr}, NMS IoU {detector.iou_thr}, max {detector.max_det} per image, "
           f"{'single' if args.single_label else 'multi'}-label")
 
-    predictions, info = evaluate_model(detector, dataset, progress=not args.quiet)
+    metrics, predictions, info = evaluate_detector(detector, dataset, progress=not args.quiet, verbose=args.verbose)
     for message in info["unreadable"]:
         print(f"skipped: {message}", file=sys.stderr)
-    metrics = evaluate_detections(dataset, predictions, verbose=args.verbose)
     print(format_metrics(metrics))
     per_image_ms = 1000.0 * info["seconds"] / max(1, len(dataset.records))
     print(f"{len(dataset.records)} images in {info['seconds']:.1f} s ({per_image_ms:.1f} ms per image, end to end); "

@@ -13,6 +13,11 @@ Returned numbers are pycocotools' ``stats`` in [0, 1]: ``mAP`` (AP@[.50:.95]), `
 ``AR_medium``, ``AR_large``; ``per_class`` maps class name -> AP@[.50:.95]. As in pycocotools, a
 value is -1.0 where the data has no ground truth for it (e.g. no small objects, or a class absent
 from the split).
+
+``evaluate_detector(detector, dataset)`` is the one path from a model to those numbers: every
+record's image through a runtime ``Detector`` (a model file, or a torch model in memory wrapped by
+``Detector.from_backend``), then ``evaluate_detections``. ``nanoplus eval``, export's ``--check``
+and the trainer's validation all predict with ``predict_records``.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ import contextlib
 import io
 import logging
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
@@ -176,3 +183,43 @@ def write_coco_results(path: Union[str, os.PathLike], dataset, predictions) -> P
         r["bbox"] = [round(v, 3) for v in r["bbox"]]
         r["score"] = round(r["score"], 6)
     return write_json_atomic(path, results, indent=None)
+
+
+def predict_records(detector, records: Sequence, progress: bool = True, desc: str = "eval",
+                    skip_unreadable: bool = True) -> tuple[list, list[str]]:
+    """Run ``detector`` on each record's image (``record.path``), in order.
+
+    Returns (one ``Detections`` per record, messages naming the unreadable images). An unreadable
+    image gets no detections when ``skip_unreadable``, else its ``ImageReadError`` is raised.
+    """
+    from tqdm import tqdm
+
+    from nanoplus.runtime.detector import Detections
+    from nanoplus.runtime.images import ImageReadError, read_image
+
+    predictions, unreadable = [], []
+    for record in tqdm(records, desc=desc, unit="img", disable=not progress, file=sys.stderr):
+        try:
+            img = read_image(record.path)
+        except ImageReadError as e:
+            if not skip_unreadable:
+                raise
+            unreadable.append(str(e))
+            predictions.append(Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                                          np.zeros(0, np.int64), []))
+            continue
+        predictions.append(detector(img))
+    return predictions, unreadable
+
+
+def evaluate_detector(detector, dataset, progress: bool = True, desc: str = "eval",
+                      verbose: bool = False) -> tuple[dict, list, dict]:
+    """COCO metrics of ``detector`` on every image of ``dataset``.
+
+    Returns (metrics as ``evaluate_detections`` gives them, the predictions aligned with the
+    records, {"unreadable": [messages], "seconds": wall time of the predictions}).
+    """
+    start = time.perf_counter()
+    predictions, unreadable = predict_records(detector, dataset.records, progress, desc)
+    info = {"unreadable": unreadable, "seconds": time.perf_counter() - start}
+    return evaluate_detections(dataset, predictions, verbose=verbose), predictions, info

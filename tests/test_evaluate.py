@@ -161,3 +161,51 @@ def test_format_metrics_table(squares):
     assert lines[0].split()[:3] == ["mAP", "AP50", "AP75"]
     assert lines[1].split()[:4] == ["0.350", "1.000", "0.000", "n/a"]
     assert "AP per class" in text and "a  0.500" in text and "c    n/a" in text
+
+
+def test_a_torch_model_in_memory_runs_the_runtime_path(tmp_path):
+    """Detector.from_backend(TorchBackend.from_model(...)) gives what the pipeline composed by hand
+    gives (preprocess -> model -> postprocess -> boxes back), and evaluate_detector scores exactly
+    those detections: the one path that eval, export --check and the trainer's validation share."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from nanoplus.runtime.backends import TorchBackend
+    from nanoplus.runtime.detector import Detector
+    from nanoplus.runtime.evaluate import evaluate_detector
+    from nanoplus.runtime.images import read_image
+    from nanoplus.runtime.metadata import meta_from_config
+    from nanoplus.runtime.postprocess import postprocess
+    from nanoplus.runtime.preprocess import boxes_to_original, preprocess
+    from nanoplus.train.config import load_config
+    from nanoplus.train.model import build_model
+    from test_datasets import coco_folder
+
+    cfg = load_config("nanodet-plus-m_416", ["model.num_classes=2", "data.input_hw=[96,128]"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, deploy=True, load_pretrained=False).eval()
+    with torch.no_grad():  # a non-zero class bias so that some points pass a low threshold
+        for conv in model.head.gfl_cls:
+            conv.bias[:2] = 1.0
+    meta = meta_from_config(cfg, ["dog", "cat"])
+    detector = Detector.from_backend(TorchBackend.from_model(model, meta), meta, score_thr=0.05, iou_thr=0.6, max_det=20)
+
+    root = coco_folder(tmp_path, [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [5, 5, 30, 20], "area": 600,
+                                   "iscrowd": 0}])
+    dataset = load_dataset(root, "val2017", log=False)
+    by_hand = []
+    for record in dataset.records:
+        img = read_image(record.path)
+        blob, matrix = preprocess(img, meta)
+        with torch.no_grad():
+            raw = model(torch.from_numpy(blob))[0].numpy()
+        boxes, scores, labels = postprocess(raw, meta.input_hw, meta.strides, meta.reg_max, 0.05, 0.6, 20,
+                                            scores_are_sigmoid=False)
+        by_hand.append((boxes_to_original(boxes, matrix, img.shape[:2]), scores, labels))
+        got = detector(img)
+        assert len(got) == len(scores) > 0
+        np.testing.assert_allclose(got.boxes, by_hand[-1][0], atol=1e-3)
+        np.testing.assert_allclose(got.scores, scores, atol=1e-6)
+        np.testing.assert_array_equal(got.class_ids, labels)
+
+    metrics, predictions, info = evaluate_detector(detector, dataset, progress=False)
+    assert info["unreadable"] == [] and len(predictions) == len(dataset.records)
+    assert metrics == evaluate_detections(dataset, by_hand)

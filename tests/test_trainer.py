@@ -374,7 +374,7 @@ def test_trainer_starts_from_imported_weights_at_published_accuracy(imported_ckp
     trainer._setup()
     assert trainer.model.assign_from == "aux"
     assert trainer.assign_from_main_until == 0  # default --aux-init copy: the copied aux branch assigns
-    metrics = evaluate(trainer.ema.module, val, trainer.val_loader, trainer.meta, cfg.eval, trainer.device)
+    metrics = evaluate(trainer.ema.module, val, trainer.meta, cfg.eval, trainer.device)
     assert metrics["mAP"] == pytest.approx(0.372, abs=0.005)
     assert metrics["AP50"] == pytest.approx(0.515, abs=0.005)
 

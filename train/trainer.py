@@ -15,7 +15,7 @@ EMA ramp are functions of (epoch, global step).
 
 The parts around the loop have their own modules: ``weights`` (``--weights``, BatchNorm
 calibration), ``optimizer`` (freezing, AdamW), ``schedule`` (learning rate), ``ema``,
-``validate`` (detections -> COCO mAP through the runtime), ``run_log`` (CSV / JSON / curves),
+``validate`` (the runtime's model -> detections -> COCO mAP path), ``run_log`` (CSV / JSON / curves),
 ``rng_state`` and ``checkpoint``.
 """
 from __future__ import annotations
@@ -198,14 +198,6 @@ class Trainer:
         self.train_loader = self._loader(self.train_set, self.batch_per_rank, self.train_sampler, drop_last)
         if len(self.train_loader) == 0:
             raise TrainError(f"the training split has {len(self.train_set)} images: no batch to train on")
-
-        self.val_loader = None
-        if self.val_set is not None:
-            val_ds = DetectionDataset(self.val_set.records, meta, None)
-            shard = list(range(self.dist.rank, len(val_ds), self.world))
-            self.val_loader = self._loader(
-                torch.utils.data.Subset(val_ds, shard), self.batch_per_rank, None, drop_last=False
-            )
 
         if self.weights and not self.resume and self.calibrate_images > 0:
             layers = calibrate_batchnorm(model, self.train_loader, self.device,
@@ -398,10 +390,10 @@ class Trainer:
                 self.log(f"epoch {epoch + 1}/{cfg.train.epochs}: " + " ".join(
                     f"{k}={row[k]:.4f}" for k in LOSS_KEYS if k in row) + f" lr={row['lr']:.2e} ({row['time_s']:.0f} s)")
                 last_epoch = epoch + 1 == cfg.train.epochs
-                if self.val_loader is not None and ((epoch + 1) % max(cfg.train.val_interval, 1) == 0 or last_epoch):
+                if self.val_set is not None and ((epoch + 1) % max(cfg.train.val_interval, 1) == 0 or last_epoch):
                     eval_model = self.ema.module if self.ema is not None else self.model
                     du.broadcast_module(eval_model)  # every rank evaluates rank 0's weights
-                    metrics = evaluate(eval_model, self.val_set, self.val_loader, self.meta, cfg.eval, self.device, self.amp)
+                    metrics = evaluate(eval_model, self.val_set, self.meta, cfg.eval, self.device, self.amp)
                     metrics = du.broadcast_object(metrics)
                     row.update({k: float(metrics[k]) for k in ("mAP", "AP50", "AP75") if k in metrics})
                     improved = self.best_map is None or row["mAP"] > self.best_map
