@@ -41,17 +41,18 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from nanoplus.atomic import DiskFullError, disk_is_full
+from nanoplus.atomic import DiskFullError, disk_is_full, write_json_atomic
 from nanoplus.errors import NanoplusError
 
 FORMATS = ("onnx", "openvino", "ncnn")
+# ONNX opsets the legacy TorchScript exporter (onnx_export.py) handles reliably; 11 is upstream's
+OPSET_MIN, OPSET_MAX = 11, 17
 
 
 class ExportCommandError(NanoplusError, ValueError):
@@ -83,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uint8-input", action="store_true",
                         help="OpenVINO: fold mean/std into the graph; the IR takes the raw warped BGR image as uint8 NCHW")
     parser.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO: dynamic batch and size (NCNN files always take any size that is a multiple of 32)")
-    parser.add_argument("--opset", type=int, default=11, help="ONNX opset, 11-17 (default: 11, as upstream)")
+    parser.add_argument("--opset", type=int, default=11,
+                        help=f"ONNX opset, {OPSET_MIN}-{OPSET_MAX} (default: 11, as upstream)")
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxsim/onnxslim")
     parser.add_argument("--out-dir", metavar="DIR", help="output folder (default: the checkpoint's folder)")
     parser.add_argument("--name", metavar="STEM", help="file name stem (default: the checkpoint's)")
@@ -189,8 +191,8 @@ def _check_arguments(args, formats: list[str]) -> None:
         raise ExportCommandError("--int8 needs calibration images: add --calib DATA (e.g. your training data)")
     if args.int8 and (args.calib_images < 1 or args.int8_eval_images < 1):
         raise ExportCommandError("--calib-images and --int8-eval-images must be at least 1")
-    if not 7 <= args.opset <= 20:
-        raise ExportCommandError(f"--opset {args.opset}: use 11-17 (11 is upstream's)")
+    if not OPSET_MIN <= args.opset <= OPSET_MAX:
+        raise ExportCommandError(f"--opset {args.opset}: use {OPSET_MIN}-{OPSET_MAX} (11 is upstream's)")
     if args.half and not {"openvino", "ncnn"} & set(formats):
         print("note: --half makes fp16 OpenVINO and NCNN files; the ONNX file stays fp32")
 
@@ -383,7 +385,7 @@ def run(args) -> int:
         torch_row = _check_accuracy(model, meta, cfg, ckpt, rows, check_dataset, args.threads)
     print(format_table(rows, torch_row))
     if args.json:
-        _write_json(Path(args.json), {"checkpoint": str(ckpt), "input_hw": input_hw, "pytorch": torch_row, "files": rows})
+        write_json_atomic(Path(args.json), {"checkpoint": str(ckpt), "input_hw": input_hw, "pytorch": torch_row, "files": rows})
     failed = [r for r in rows if r.get("parity") == "FAIL"]
     if failed:
         lines = [f"  {r['file']}: score diff {r['max_score_diff']:.3g} (bound {r['score_bound']:.3g}), "
@@ -431,13 +433,6 @@ def format_table(rows: list[dict], torch_row: dict | None = None) -> str:
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header] + table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":  # python -m nanoplus.export.export_command CKPT ...

@@ -11,8 +11,9 @@ The file has one input ``data`` (1, 3, H, W) float32 (BGR, normalised) and one o
 - the graph is simplified (onnxsim where installed, else onnxslim);
 - the model's metadata (``ModelMeta``) is stored under ``nanoplus`` in ``metadata_props``.
 
-Uses the legacy TorchScript exporter (``dynamo=False``): it is reliable at opsets 11-17, while
-the dynamo exporter needs onnxscript and mishandles low opsets.
+Uses the legacy TorchScript exporter (``dynamo=False``): it is reliable at the opsets
+``export_command`` allows (``OPSET_MIN``..``OPSET_MAX``), while the dynamo exporter needs
+onnxscript and mishandles low opsets.
 """
 from __future__ import annotations
 

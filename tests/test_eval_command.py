@@ -105,9 +105,6 @@ def test_checkpoint_and_its_onnx_export_score_alike(tmp_path):
     pipeline, so the same mAP (here the published weights imported from ncnn: ASSETS.md's 0.372)."""
     require_module("torch")
     require_module("onnxruntime")
-    for module in ("nanoplus.train.model", "nanoplus.train.checkpoint", "nanoplus.train.import_command",
-                   "nanoplus.export.export_command"):
-        pytest.importorskip(module, reason=f"{module} is not written yet")
     ckpt = tmp_path / "m416.ckpt"
     assert main(["import", str(require(NCNN_FP16_DIR / "nanodet-plus-m_416.param")), "--config", "nanodet-plus-m_416",
                  "--out", str(ckpt)]) == 0

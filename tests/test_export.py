@@ -608,6 +608,8 @@ def test_parity_check_file_measures_a_difference(small_ckpt, tmp_path):
     (["--input-size", "250x320"], "multiples of 32"),
     (["--imgsz", "250", "320"], "multiples of 32"),  # the old spelling still parses, with a deprecation note
     (["--input-size", "big"], "--input-size"),
+    (["--opset", "7"], "11-17"),
+    (["--opset", "20"], "11-17"),
     (["--input-size", "320", "--imgsz", "320"], "--input-size only"),
     (["--int8"], "--calib"),
     (["--format", "tflite"], "unknown format"),

@@ -24,19 +24,8 @@ INT8_PARAM = NCNN_INT8_DIR / "nanodet-plus-m_416-int8.param"
 # helpers
 
 
-def _model_ready() -> bool:
-    try:
-        from nanoplus.train.model import build_model  # noqa: F401
-        from nanoplus.train.checkpoint import save_checkpoint  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def require_model():
     require_module("torch")
-    if not _model_ready():
-        pytest.skip("nanoplus.train.model / checkpoint are not there yet")
 
 
 def _write_ncnn(tmp_path: Path, param_text: str, blobs: list[bytes], name: str = "m") -> Path:
@@ -597,7 +586,6 @@ def test_class_names_resolution(tmp_path):
 @pytest.mark.slow
 def test_imported_ncnn_model_coco_map_on_tiny_coco(tmp_path, capsys):
     require_model()
-    pytest.importorskip("nanoplus.runtime.eval_command", reason="nanoplus eval is not there yet")
     require(TINY_COCO)
     out = tmp_path / "ncnn.ckpt"
     assert _cli(["import", str(require(FP16_PARAM)), "--config", "nanodet-plus-m_416", "--out", str(out)]) == 0

@@ -1,5 +1,8 @@
 """Map the convolutions of a published NCNN model onto our PyTorch modules and un-fold BatchNorm.
 
+One job, hence one file over 500 lines: the graph matching below (trace, NCNN graph, backtracking
+match, un-folding) only makes sense read together.
+
 Why matching by graph, not by a table: a converter lists parallel branches in whatever order it
 likes (pnnx writes a ShuffleNet block's second branch before the first; the head's levels come out
 backwards), and layer names are the converter's own. What both graphs do share is the data flow
