@@ -6,8 +6,8 @@ their input from ``runtime.preprocess.preprocess`` in one process, so both get t
 compiled one, or the OpenCV fallback where it is absent or NANOPLUS_NATIVE=0), also for a
 uint8-input file, whose input is that warp without the normalisation. The raw outputs
 are compared: max |difference| of the sigmoid class scores and of the raw box bins, over every
-point, class and image. The PyTorch side applies the sigmoid itself (not the head's export flag),
-so a wrong flag or a wrong channel split shows up as a difference.
+point, class and image. On the PyTorch side the sigmoid is the Detector's (the head's export flag
+is off), so a wrong flag or a wrong channel split in a file shows up as a difference.
 
 Bounds (max abs difference over every point of every image, ``PARITY_BOUNDS``: scores, bins), by
 the precision the file is stored or run in, whichever is coarser (``bound_for``). What each bound
