@@ -511,7 +511,7 @@ def test_uint8_input_ir_folds_the_normalisation(small_ckpt, tmp_path):
     """--uint8-input passes its own parity gate on photos (fp32 bounds: its warp is the float path's
     warp, so PyTorch and the file see the same pixels), and the IR fed the raw warp reproduces PyTorch."""
     openvino = require_module("openvino")
-    from nanoplus.export.parity import float_meta
+    from nanoplus.export.parity import torch_meta
     from nanoplus.runtime.detector import Detector
     from nanoplus.runtime.preprocess import normalize_to_blob, preprocess
 
@@ -532,7 +532,7 @@ def test_uint8_input_ir_folds_the_normalisation(small_ckpt, tmp_path):
     for img in _photos(2):
         # one warp for both inputs: normalising the uint8 input gives the float input bit for bit
         raw_input, _ = det.preprocess(img)
-        float_input, _ = preprocess(img, float_meta(det.meta))
+        float_input, _ = preprocess(img, torch_meta(det.meta))
         assert raw_input.dtype == np.uint8 and raw_input.shape == (1, 3, 160, 128)
         np.testing.assert_array_equal(normalize_to_blob(raw_input[0].transpose(1, 2, 0), det.meta.mean, det.meta.std),
                                       float_input)

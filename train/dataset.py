@@ -3,8 +3,9 @@
 Training samples: the image is read, warped by one random matrix and colour-jittered
 (``augment.py``); its ground-truth boxes go through the same matrix, are clipped to the input and
 the ones left thinner than ``min_box_size`` input pixels (e.g. warped out of view) are dropped.
-Validation samples: exactly the runtime's ``preprocess`` (no randomness), and the matrix is kept
-so that predictions map back to original pixels with ``boxes_to_original``.
+Samples without augmentation (``augment_cfg=None``): exactly the runtime's ``preprocess`` (no
+randomness), and the matrix is kept so that predictions map back to original pixels with
+``boxes_to_original``. (The trainer's validation runs the runtime's ``Detector`` itself: validate.py.)
 
 Augmentation randomness is seeded per sample from (seed, epoch, index): a sample looks the same
 whatever the worker count, process rank or interruption, which makes resumed and multi-process
