@@ -9,6 +9,8 @@ the budget or a quarter of the layers have been tried. The report names every la
 """
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
@@ -125,21 +127,13 @@ def calibration_subset(dataset, paths: Sequence[str]):
 
 
 def detection_map(run: Callable[[np.ndarray], np.ndarray], meta: ModelMeta, dataset, thresholds) -> float:
-    """COCO mAP of ``run`` (blob (1, 3, H, W) -> raw output) through the runtime's pre/post-processing."""
-    import cv2
-
-    from nanoplus.runtime.evaluate import evaluate_detections
-    from nanoplus.runtime.postprocess import postprocess
-    from nanoplus.runtime.preprocess import boxes_to_original, preprocess
+    """COCO mAP of ``run`` (blob (1, 3, H, W) -> raw output) through the runtime's one evaluation
+    path (a ``Detector`` over it: pre-processing, decoding, NMS, pycocotools)."""
+    from nanoplus.runtime.backends import FunctionBackend
+    from nanoplus.runtime.detector import Detector
+    from nanoplus.runtime.evaluate import evaluate_detector
 
     score_thr, iou_thr, max_det = thresholds
-    predictions = []
-    for record in dataset.records:
-        img = cv2.imread(str(record.path), cv2.IMREAD_COLOR)
-        blob, matrix = preprocess(img, meta)
-        raw = np.asarray(run(blob), dtype=np.float32)
-        raw = raw.reshape(-1, raw.shape[-1]) if meta.layout == "NC" else raw.reshape(raw.shape[-2], -1).T
-        boxes, scores, labels = postprocess(raw, meta.input_hw, meta.strides, meta.reg_max, score_thr, iou_thr,
-                                            max_det, scores_are_sigmoid=meta.score_activation == "sigmoid")
-        predictions.append((boxes_to_original(boxes, matrix, img.shape[:2]), scores, labels))
-    return float(evaluate_detections(dataset, predictions)["mAP"])
+    detector = Detector.from_backend(FunctionBackend(run, name="int8 candidate"), copy.deepcopy(meta),
+                                     score_thr, iou_thr, max_det)
+    return float(evaluate_detector(detector, dataset, progress=False)[0]["mAP"])

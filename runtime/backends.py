@@ -378,6 +378,22 @@ class TorchBackend:
         return out[0].float().cpu().numpy()
 
 
+class FunctionBackend:
+    """A function ``blob (1, 3, H, W) -> raw output`` as a backend, for tools that hold an engine
+    session of their own (the INT8 writers measuring candidate files): a ``Detector`` over it
+    pre-processes, decodes and scores like any model file."""
+
+    def __init__(self, run, name: str = "function", precision: str = "unknown", version: str = ""):
+        self._run = run
+        self.name, self.precision, self.version = name, precision, version
+        self.input_name = self.output_name = None
+        self.input_hw = None
+        self.embedded_meta = None
+
+    def run(self, blob: np.ndarray, keep: bool = True) -> np.ndarray:
+        return np.asarray(self._run(blob))
+
+
 def open_backend(model_path, backend: str = "auto", threads: Optional[int] = None, precision: Optional[str] = None,
                  input_name: Optional[str] = None, output_name: Optional[str] = None):
     """Open a model file with an engine. Returns a backend object (see the module docstring)."""
