@@ -645,6 +645,29 @@ def test_int8_openvino_from_calibration_data(small_ckpt, tmp_path):
     assert rows["model_openvino.xml"]["max_score_diff"] < rows["model_openvino_int8.xml"]["max_score_diff"]
 
 
+def test_int8_onnx_from_calibration_data(small_ckpt, tmp_path):
+    """--int8 with onnx: a QDQ file (per-channel int8 weights, Conv outputs float) with precision int8
+    in its metadata and a .quant.json report, through the parity gate. (NCNN INT8 through the whole
+    command: the slow test in test_ncnn_int8.py; its format: the fast tests there.)"""
+    onnx = require_module("onnx")
+    data = require(TINY_COCO)
+    ckpt = small_ckpt[0]
+    report = tmp_path / "r.json"
+    assert _run_export([str(ckpt), "--format", "onnx", "--int8", "--calib", str(data), "--calib-images", "6",
+                        "--int8-eval-images", "3", "--input-size", "128x128",
+                        "--out-dir", str(tmp_path), "--parity-count", "2", "--json", str(report)]) == 0
+    rows = {Path(r["file"]).name: r for r in json.loads(report.read_text())["files"]}
+    row = rows["model_int8.onnx"]
+    assert row["parity"] == "pass" and row["precision"] == "int8", row
+    assert read_sidecar(tmp_path / "model_int8.onnx").precision == "int8"
+    assert read_onnx_metadata(tmp_path / "model_int8.onnx").precision == "int8"
+    quant = json.loads((tmp_path / "model_int8.quant.json").read_text())
+    assert quant["calibration_images"] == 6 and quant["eval_images"] == 3 and quant["quantised_layers"] > 20
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "model_int8.onnx")).graph.node]
+    assert ops.count("Conv") > 20 and ops.count("DequantizeLinear") > ops.count("Conv")
+    assert rows["model.onnx"]["max_score_diff"] < row["max_score_diff"]
+
+
 def test_cli_help_and_dispatch(capsys):
     from nanoplus.cli import main
 
