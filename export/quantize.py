@@ -4,8 +4,8 @@ The calibration images are the user's data (any format ``runtime.datasets.load_d
 pre-processed by ``runtime.preprocess.preprocess`` exactly as the runtime will feed the model, so
 the activation ranges NNCF measures are those the deployed model sees. The float IR (from our ONNX
 file, optionally with the pre-processing folded in) is quantised; weights become int8 and
-FakeQuantize nodes carry the activation scales. Only OpenVINO gets INT8 here: ncnn's quantisation
-tools are not in the registries' packages (see ``ncnn_export``).
+FakeQuantize nodes carry the activation scales. The ONNX and NCNN INT8 files are made by
+``onnx_int8`` and ``ncnn_int8`` from the same calibration images (``calibration_blobs`` here).
 
 Needs ``nncf`` (pip install nncf; it brings no torch). Tested with nncf 3.4.
 """
