@@ -278,6 +278,11 @@ def _native_layout(raw_nc):
     return np.ascontiguousarray(raw_nc), False
 
 
+def _max_det_int(max_det):
+    """max_det for the compiled code (a C int): <= 0 means no cap, as does anything beyond 2**31 - 1."""
+    return min(int(max_det), 2**31 - 1)
+
+
 def _scored(points, classes, values, score_thr, scores_are_sigmoid, itemsize):
     """Candidates with their exact scores (sigmoid of logits), those not above score_thr dropped."""
     scores = values
@@ -326,6 +331,14 @@ def postprocess(
     score_thr = float(score_thr)
     pre_thr = _pre_threshold(score_thr, scores_are_sigmoid)
     native = _native_layout(raw_nc) if native_enabled() else None
+    if native is not None and scores_are_sigmoid:  # no exp to compute: one compiled call does it all
+        data, channels_first = native
+        exact_thr = score_thr if raw_nc.dtype.itemsize < 4 else None  # see _scored
+        found = _native.detect_scored(data, channels_first, num_classes, reg_max, priors, input_hw[0], input_hw[1],
+                                      float(raw_nc.dtype.type(pre_thr)), exact_thr, multi_label, float(iou_thr),
+                                      _max_det_int(max_det))
+        return (np.frombuffer(found[0], np.float32).reshape(-1, 4), np.frombuffer(found[1], np.float32),
+                np.frombuffer(found[2], np.int64))
     if native is not None:
         data, channels_first = native
         # numpy compares in the output's own precision: the threshold rounded to it, as numpy does
@@ -339,7 +352,7 @@ def postprocess(
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64)
     if native is not None:
         kept, boxes = _native.decode_nms(data, channels_first, num_classes, reg_max, priors, input_hw[0], input_hw[1],
-                                         points, labels, scores, float(iou_thr), int(max_det))
+                                         points, labels, scores, float(iou_thr), _max_det_int(max_det))
         keep = np.frombuffer(kept, np.int64)
         return np.frombuffer(boxes, np.float32).reshape(-1, 4), scores[keep], labels[keep]
     points_xyxy, signed_strides, limits = _decode_constants(input_hw, strides)

@@ -146,3 +146,67 @@ PyObject* py_decode_nms(PyObject*, PyObject* args, PyObject* kwargs) {
     return Py_BuildValue("(NN)", as_bytearray(kept.data(), num_kept * sizeof(int64_t)),
                          as_bytearray(boxes.data(), 4 * num_kept * sizeof(float)));
 }
+
+PyObject* py_detect_scored(PyObject*, PyObject* args, PyObject* kwargs) {
+    static const char* keywords[] = {"raw", "channels_first", "num_classes", "reg_max", "priors", "input_h", "input_w",
+                                     "threshold", "exact_threshold", "multi_label", "iou_thr", "max_det", nullptr};
+    PyObject *raw_obj, *priors_obj, *exact_obj;
+    int channels_first = 0, num_classes = 0, reg_max = 0, input_h = 0, input_w = 0, multi_label = 1, max_det = 0;
+    double threshold = 0;
+    float iou_thr = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OpiiOiidOpfi", const_cast<char**>(keywords), &raw_obj,
+                                     &channels_first, &num_classes, &reg_max, &priors_obj, &input_h, &input_w,
+                                     &threshold, &exact_obj, &multi_label, &iou_thr, &max_det))
+        return nullptr;
+    const bool exact = exact_obj != Py_None;
+    const float exact_threshold = exact ? static_cast<float>(PyFloat_AsDouble(exact_obj)) : 0.f;
+    if (exact && PyErr_Occurred()) return nullptr;
+    Py_buffer raw_view, priors_view;
+    RawOutput raw;
+    if (!get_raw(raw_obj, channels_first != 0, &raw_view, raw)) return nullptr;
+    if (!get_buffer(priors_obj, &priors_view, "f", 4, 2, "priors", "float32")) {
+        PyBuffer_Release(&raw_view);
+        return nullptr;
+    }
+    if (priors_view.shape[0] != raw.num_points || priors_view.shape[1] != 4 || reg_max < 0 || num_classes < 1 ||
+        num_classes + 4 * (reg_max + 1) != raw.num_channels) {
+        PyBuffer_Release(&raw_view);
+        PyBuffer_Release(&priors_view);
+        PyErr_SetString(PyExc_ValueError,
+                        "detect_scored: priors must be (num_points, 4) and num_classes + 4 * (reg_max + 1) the number of channels");
+        return nullptr;
+    }
+    nanoplus::Candidates cands;
+    std::vector<int64_t> kept;
+    std::vector<float> boxes;
+    size_t num_kept;
+    Py_BEGIN_ALLOW_THREADS
+    nanoplus::select_candidates(raw, num_classes, threshold, multi_label != 0, cands);
+    size_t n = cands.values.size();
+    if (exact) {  // half-precision scores: the pre-selection compared halves; the exact test is in float32
+        n = 0;
+        for (size_t i = 0; i < cands.values.size(); ++i) {
+            if (!(cands.values[i] > exact_threshold)) continue;
+            cands.points[n] = cands.points[i];
+            cands.classes[n] = cands.classes[i];
+            cands.values[n++] = cands.values[i];
+        }
+    }
+    kept.resize(n);
+    boxes.resize(4 * n);
+    num_kept = nanoplus::decode_nms(raw, num_classes, reg_max, static_cast<const float*>(priors_view.buf), input_h,
+                                    input_w, cands.points.data(), cands.classes.data(), cands.values.data(), n, iou_thr,
+                                    max_det, kept.data(), boxes.data());
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&raw_view);
+    PyBuffer_Release(&priors_view);
+    std::vector<float> scores(num_kept);
+    std::vector<int64_t> labels(num_kept);
+    for (size_t k = 0; k < num_kept; ++k) {
+        scores[k] = cands.values[static_cast<size_t>(kept[k])];
+        labels[k] = cands.classes[static_cast<size_t>(kept[k])];
+    }
+    return Py_BuildValue("(NNN)", as_bytearray(boxes.data(), 4 * num_kept * sizeof(float)),
+                         as_bytearray(scores.data(), num_kept * sizeof(float)),
+                         as_bytearray(labels.data(), num_kept * sizeof(int64_t)));
+}

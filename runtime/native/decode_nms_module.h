@@ -6,6 +6,7 @@
 
 PyObject* py_select_candidates(PyObject* self, PyObject* args, PyObject* kwargs);
 PyObject* py_decode_nms(PyObject* self, PyObject* args, PyObject* kwargs);
+PyObject* py_detect_scored(PyObject* self, PyObject* args, PyObject* kwargs);
 
 #define NANOPLUS_DECODE_NMS_METHODS                                                                                   \
     {"select_candidates", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(py_select_candidates)),     \
@@ -19,4 +20,11 @@ PyObject* py_decode_nms(PyObject* self, PyObject* args, PyObject* kwargs);
      "decode_nms(raw, channels_first, num_classes, reg_max, priors, input_h, input_w, points, classes, scores,\n"     \
      "           iou_thr, max_det)\n\n"                                                                               \
      "Greedy class-aware NMS over the scored candidates, decoding each box when reached -> (kept, boxes):\n"         \
-     "bytearrays of int64 candidate indices and float32 (k, 4) boxes, best first, k <= max_det (<= 0: all)."}
+     "bytearrays of int64 candidate indices and float32 (k, 4) boxes, best first, k <= max_det (<= 0: all)."},    \
+    {"detect_scored", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(py_detect_scored)),             \
+     METH_VARARGS | METH_KEYWORDS,                                                                                    \
+     "detect_scored(raw, channels_first, num_classes, reg_max, priors, input_h, input_w, threshold,\n"                \
+     "              exact_threshold, multi_label, iou_thr, max_det)\n\n"                                               \
+     "For outputs whose class channels are the scores (sigmoid applied): select_candidates, then (unless\n"        \
+     "exact_threshold is None) keep float32(value) > exact_threshold, then decode_nms, in one call ->\n"           \
+     "(boxes, scores, labels) as bytearrays of float32 (k, 4), float32, int64."}
