@@ -3,15 +3,19 @@
 One step is what ``nanoplus train`` does per batch: ``forward_train`` (backbone, both FPNs, both
 heads, label assignment, losses), backward, gradient clipping (norm 35), AdamW step and the EMA
 update. The data pipeline is not included (batches are made once, with random boxes).
-Prints one line per thread count and the median over the timed steps.
 
-    python3 bench/train_throughput.py                       # batch 16, 416x416, 80 classes
-    python3 bench/train_throughput.py --threads 1,2 --steps 5 --batch 16 --imgsz 416
+Layouts (``--layouts``): ``channels_last`` is what ``nanoplus train`` runs (train.channels_last,
+``NanoDetPlus.use_channels_last``), ``nchw`` PyTorch's default layout (the code before, and
+upstream's). Each layout gets its own model (same seed, same batch) and their steps alternate, so a
+busy period of a shared machine hits all alike; the median per layout and the ratio to the first
+are printed per thread count.
+
+    python3 bench/train_throughput.py                       # batch 16, 416x416, 80 classes, 2 threads
+    python3 bench/train_throughput.py --threads 1,2 --steps 5 --batch 16 --imgsz 416 --layouts nchw,channels_last
 """
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -42,7 +46,8 @@ def make_batch(batch: int, imgsz: int, num_classes: int, boxes_per_image: int, s
     return images, gt_boxes, gt_labels
 
 
-def measure(config: str, batch: int, imgsz: int, threads: int, steps: int, warmup: int, boxes: int) -> dict:
+def measure(config: str, batch: int, imgsz: int, threads: int, steps: int, warmup: int, boxes: int,
+            layouts: list[str]) -> list[dict]:
     import torch
 
     from nanoplus.train.config import load_config
@@ -50,29 +55,35 @@ def measure(config: str, batch: int, imgsz: int, threads: int, steps: int, warmu
     from nanoplus.train.model import build_model
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
     cfg = load_config(config, [f"data.input_hw=[{imgsz},{imgsz}]"])
-    model = build_model(cfg.model).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    ema = ModelEMA(model, cfg.train.ema_decay)
+    runs = []
+    for layout in layouts:
+        torch.manual_seed(0)
+        model = build_model(cfg.model).train().use_channels_last(layout == "channels_last")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        runs.append({"layout": layout, "model": model, "optimizer": optimizer, "ema": ModelEMA(model, cfg.train.ema_decay),
+                     "params": [p for p in model.parameters() if p.requires_grad], "times": []})
     images, gt_boxes, gt_labels = make_batch(batch, imgsz, cfg.model.num_classes, boxes)
-    params = [p for p in model.parameters() if p.requires_grad]
-    times = []
     for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        losses = model.forward_train(images, gt_boxes, gt_labels, 0)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-        optimizer.step()
-        ema.update(model, i)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return {"config": config, "batch": batch, "imgsz": imgsz, "threads": threads, "steps": steps,
-            "median_step_s": round(med, 3), "min_step_s": round(min(times), 3),
-            "images_per_s": round(batch / med, 2),
-            "params_total": sum(p.numel() for p in model.parameters())}
+        for run in runs:  # one step of each layout in turn
+            model, optimizer = run["model"], run["optimizer"]
+            t0 = time.perf_counter()
+            losses = model.forward_train(images, gt_boxes, gt_labels, 0)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(run["params"], cfg.train.grad_clip)
+            optimizer.step()
+            run["ema"].update(model, i)
+            if i >= warmup:
+                run["times"].append(time.perf_counter() - t0)
+    results = []
+    for run in runs:
+        med = statistics.median(run["times"])
+        results.append({"config": config, "layout": run["layout"], "batch": batch, "imgsz": imgsz, "threads": threads,
+                        "steps": steps, "median_step_s": round(med, 3), "min_step_s": round(min(run["times"]), 3),
+                        "images_per_s": round(batch / med, 2),
+                        "params_total": sum(p.numel() for p in run["model"].parameters())})
+    return results
 
 
 def main() -> None:
@@ -84,6 +95,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--boxes", type=int, default=7, help="ground-truth boxes per image (tiny_coco averages ~8)")
+    parser.add_argument("--layouts", default="nchw,channels_last",
+                        help="comma-separated: nchw (the default layout before), channels_last (nanoplus train's)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -93,15 +106,22 @@ def main() -> None:
 
     print(f"# {cpu_model()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, "
           f"{args.config} full model (with aux), batch {args.batch}, {args.imgsz}x{args.imgsz}")
+    layouts = args.layouts.split(",")
+    unknown = sorted(set(layouts) - {"nchw", "channels_last"})
+    if unknown:
+        parser.error(f"--layouts: unknown {', '.join(unknown)}; use nchw and/or channels_last")
     results = []
     for threads in [int(t) for t in args.threads.split(",")]:
-        r = measure(args.config, args.batch, args.imgsz, threads, args.steps, args.warmup, args.boxes)
-        results.append(r)
-        print(f"threads={threads}: {r['images_per_s']:.2f} images/s (median step {r['median_step_s']:.3f} s, "
-              f"min {r['min_step_s']:.3f} s over {args.steps} steps)")
+        rows = measure(args.config, args.batch, args.imgsz, threads, args.steps, args.warmup, args.boxes, layouts)
+        results += rows
+        for r in rows:
+            print(f"threads={threads} {r['layout']:<13}: {r['images_per_s']:.2f} images/s (median step "
+                  f"{r['median_step_s']:.3f} s, min {r['min_step_s']:.3f} s over {args.steps} steps), "
+                  f"{rows[0]['median_step_s'] / r['median_step_s']:.2f}x {rows[0]['layout']}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
+        from nanoplus.atomic import write_json_atomic
+
+        write_json_atomic(args.json, results)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,8 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts)
         model = build_model(cfg.model).to(self.device)
+        if cfg.train.channels_last:
+            model.use_channels_last()
         self.model = model
         self.assign_from_main_until = 0  # epochs during which labels come from the main head
 
