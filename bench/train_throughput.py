@@ -10,8 +10,13 @@ upstream's). Each layout gets its own model (same seed, same batch) and their st
 busy period of a shared machine hits all alike; the median per layout and the ratio to the first
 are printed per thread count.
 
+``--data DATA`` also times the training data pipeline (``DetectionDataset`` with the config's
+augmentation, then ``collate``) over one pass of that dataset in this one process, 1 thread: its
+images/s is what each data-loader worker delivers, to set against the images/s of the step.
+
     python3 bench/train_throughput.py                       # batch 16, 416x416, 80 classes, 2 threads
     python3 bench/train_throughput.py --threads 1,2 --steps 5 --batch 16 --imgsz 416 --layouts nchw,channels_last
+    python3 bench/train_throughput.py --data ../shared/assets/datasets/coco128 --threads 2
 """
 from __future__ import annotations
 
@@ -86,6 +91,28 @@ def measure(config: str, batch: int, imgsz: int, threads: int, steps: int, warmu
     return results
 
 
+def data_pipeline(config: str, data: str, imgsz: int, batch: int) -> dict:
+    """One pass over ``data`` (train split) through the trainer's dataset and collate, 1 thread."""
+    import torch
+
+    from nanoplus.runtime.datasets import load_dataset
+    from nanoplus.runtime.metadata import meta_from_config
+    from nanoplus.train.config import load_config
+    from nanoplus.train.dataset import DetectionDataset, collate
+
+    torch.set_num_threads(1)
+    dataset = load_dataset(data, split="train")
+    cfg = load_config(config, [f"data.input_hw=[{imgsz},{imgsz}]", f"model.num_classes={len(dataset.class_names)}"])
+    train_set = DetectionDataset(dataset.records, meta_from_config(cfg, list(dataset.class_names)), cfg.data.augment,
+                                 seed=0, min_box_size=cfg.data.augment.min_box_size)
+    t0 = time.perf_counter()
+    for start in range(0, len(train_set), batch):
+        collate([train_set[i] for i in range(start, min(start + batch, len(train_set)))])
+    seconds = time.perf_counter() - t0
+    return {"data": data, "images": len(train_set), "seconds": round(seconds, 2),
+            "images_per_s_per_worker": round(len(train_set) / seconds, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="nanodet-plus-m_416")
@@ -97,6 +124,7 @@ def main() -> None:
     parser.add_argument("--boxes", type=int, default=7, help="ground-truth boxes per image (tiny_coco averages ~8)")
     parser.add_argument("--layouts", default="nchw,channels_last",
                         help="comma-separated: nchw (the default layout before), channels_last (nanoplus train's)")
+    parser.add_argument("--data", help="also time the training data pipeline on this dataset's train split")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -118,6 +146,14 @@ def main() -> None:
             print(f"threads={threads} {r['layout']:<13}: {r['images_per_s']:.2f} images/s (median step "
                   f"{r['median_step_s']:.3f} s, min {r['min_step_s']:.3f} s over {args.steps} steps), "
                   f"{rows[0]['median_step_s'] / r['median_step_s']:.2f}x {rows[0]['layout']}")
+    if args.data:
+        pipe = data_pipeline(args.config, args.data, args.imgsz, args.batch)
+        step_rate = results[-1]["images_per_s"]
+        print(f"data pipeline: {pipe['images_per_s_per_worker']:.1f} images/s per worker process ({pipe['images']} "
+              f"images of {args.data} in {pipe['seconds']:.1f} s, 1 thread): {step_rate / pipe['images_per_s_per_worker']:.0%} "
+              f"of one worker keeps up with {step_rate:.2f} images/s ({results[-1]['layout']}, "
+              f"threads={results[-1]['threads']})")
+        results.append({"data_pipeline": pipe})
     if args.json:
         from nanoplus.atomic import write_json_atomic
 

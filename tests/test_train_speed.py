@@ -93,14 +93,17 @@ def test_train_throughput_compares_layouts_in_one_run(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO_ROOT
+    from conftest import COCO128, REPO_ROOT, require
 
     out = tmp_path / "steps.json"
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "train_throughput.py"), "--config", "nanodet-plus-m_320",
                            "--batch", "2", "--imgsz", "64", "--threads", "1", "--steps", "2", "--warmup", "0",
-                           "--boxes", "2", "--json", str(out)], capture_output=True, text=True, timeout=300)
+                           "--boxes", "2", "--data", str(require(COCO128)), "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text())
-    assert [r["layout"] for r in rows] == ["nchw", "channels_last"]
-    assert all(r["threads"] == 1 and r["batch"] == 2 and r["images_per_s"] > 0 for r in rows)
+    assert [r.get("layout") for r in rows[:2]] == ["nchw", "channels_last"]
+    assert all(r["threads"] == 1 and r["batch"] == 2 and r["images_per_s"] > 0 for r in rows[:2])
     assert "channels_last" in proc.stdout and "x nchw" in proc.stdout
+    assert rows[2]["data_pipeline"]["images"] == 128 and rows[2]["data_pipeline"]["images_per_s_per_worker"] > 0
+    assert "data pipeline:" in proc.stdout
