@@ -150,7 +150,9 @@ def main(argv=None) -> int:
         return 1
     checks = Checks()
     ref_versions, arm_versions = read_versions(args.x86 / "versions.txt"), read_versions(args.aarch64 / "versions.txt")
-    differ = sorted(k for k in set(ref_versions) & set(arm_versions) if ref_versions[k] != arm_versions[k])
+    # pip and setuptools come with each side's venv (not locked); `build` only on the x86 side
+    tooling = {"pip", "setuptools", "wheel", "build", "pyproject-hooks"}
+    differ = sorted(k for k in (set(ref_versions) & set(arm_versions)) - tooling if ref_versions[k] != arm_versions[k])
     checks.report("same versions on both sides", not differ,
                   ", ".join(f"{k} {arm_versions[k]}" for k in REPORTED_PACKAGES if k in arm_versions)
                   + (f"; DIFFER: {[(k, ref_versions[k], arm_versions[k]) for k in differ]}" if differ else ""))
