@@ -24,7 +24,9 @@ BLOCK_TORCH = textwrap.dedent("""
 
 
 def _run(code: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], cwd=REPO_ROOT,
+    # not from the checkout's root: `python -c` puts the working folder first on sys.path, and the
+    # checkout's nanoplus/ folder (no runtime/ inside) would shadow an installed, non-editable nanoplus
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], cwd=REPO_ROOT / "tests",
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
