@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -118,12 +117,7 @@ def keep_costliest_float(report: Int8Report, layers: dict[str, str], cost_alone:
 def calibration_subset(dataset, paths: Sequence[str]):
     """The records of ``dataset`` whose images are ``paths``, with only their ground truth."""
     wanted = {str(p) for p in paths}
-    records = [r for r in dataset.records if str(r.path) in wanted]
-    ids = {r.image_id for r in records}
-    gt = dict(dataset.coco_gt)
-    gt["images"] = [im for im in dataset.coco_gt["images"] if im["id"] in ids]
-    gt["annotations"] = [a for a in dataset.coco_gt["annotations"] if a["image_id"] in ids]
-    return dataclasses.replace(dataset, records=records, coco_gt=gt, _coco_api=None)
+    return dataset.subset([r for r in dataset.records if str(r.path) in wanted])
 
 
 def detection_map(run: Callable[[np.ndarray], np.ndarray], meta: ModelMeta, dataset, thresholds) -> float:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Optional
 
 from nanoplus.atomic import write_json_atomic
 from nanoplus.runtime.infer_command import add_model_arguments, open_detector
@@ -46,17 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
 
 
-def _eval_settings(detector, args) -> dict:
-    """Thresholds: the flags, else the checkpoint's eval config, else upstream's 0.05 / 0.6 / 100."""
+def eval_settings(detector, overrides: Optional[dict] = None) -> dict:
+    """Thresholds: ``overrides`` (the flags; None values ignored), else the checkpoint's eval config,
+    else upstream's 0.05 / 0.6 / 100. ``nanoplus bench --data`` evaluates with these too."""
     settings = dict(EVAL_DEFAULTS)
     eval_cfg = getattr(getattr(detector.backend, "config", None), "eval", None)
     if eval_cfg is not None:
         for key in settings:
             if getattr(eval_cfg, key, None) is not None:
                 settings[key] = getattr(eval_cfg, key)
-    for key in settings:
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            settings[key] = value
     return settings
 
 
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.data, args.split, log=False)  # its summary is printed below, once
     detector = open_detector(args, multi_label=not args.single_label)
-    settings = _eval_settings(detector, args)
+    settings = eval_settings(detector, {key: getattr(args, key) for key in EVAL_DEFAULTS})
     detector.score_thr, detector.iou_thr, detector.max_det = (
         float(settings["score_thr"]), float(settings["iou_thr"]), int(settings["max_det"]))
     check_num_classes(dataset, detector.meta.num_classes, source=str(detector.model_path),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,15 @@ class DetectionDataset:
     @property
     def num_boxes(self) -> int:
         return int(sum(len(r.labels) for r in self.records))
+
+    def subset(self, records: list[ImageRecord]) -> "DetectionDataset":
+        """The same dataset restricted to ``records`` (some of its own), with only their ground truth,
+        so that pycocotools scores exactly those images."""
+        ids = {r.image_id for r in records}
+        gt = dict(self.coco_gt)
+        gt["images"] = [im for im in self.coco_gt["images"] if im["id"] in ids]
+        gt["annotations"] = [a for a in self.coco_gt["annotations"] if a["image_id"] in ids]
+        return dataclasses.replace(self, records=list(records), coco_gt=gt, _coco_api=None)
 
     def coco(self):
         """The ground truth as a pycocotools ``COCO`` object (built once, quietly)."""
