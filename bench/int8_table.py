@@ -9,7 +9,8 @@ PyTorch and per-file mAP on DATA's val split), then ``nanoplus bench`` on every 
 thread counts (interleaved rounds, f32 compute pinned for OpenVINO, ncnn as the runtime opens it),
 and writes OUT/int8_table.md, OUT/int8_pareto.png and OUT/int8_table.json (export + bench records).
 A row is on the Pareto front when no other file is both faster (model p50, first thread count)
-and at least as accurate.
+and at least as accurate (``nanoplus.runtime.bench_pick.pareto_front``, the same front as
+``nanoplus bench FILES --data DATA``, which does the bench + mAP part of this on any files).
 """
 from __future__ import annotations
 
@@ -19,21 +20,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nanoplus.runtime.bench_pick import pareto_front
+from nanoplus.runtime.bench_report import plot_pareto
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run(cmd: list[str]) -> None:
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
-
-
-def pareto(points: list[tuple[float, float]]) -> list[bool]:
-    """points: (latency, mAP) -> on the front: no other point with latency <= and mAP >= (one strictly)."""
-    front = []
-    for i, (t, m) in enumerate(points):
-        dominated = any((t2 <= t and m2 >= m and (t2 < t or m2 > m)) for j, (t2, m2) in enumerate(points) if j != i)
-        front.append(not dominated)
-    return front
 
 
 def main(argv=None) -> int:
@@ -70,7 +65,7 @@ def main(argv=None) -> int:
         rows.append({"file": name, "format": row["format"], "precision": row["precision"],
                      "size_mb": row["size_bytes"] / 1e6, "mAP": row.get("mAP"), "AP50": row.get("AP50"),
                      "model_p50_ms": dict(zip(threads, p50)), "e2e_fps": 1000.0 / e2e if e2e else None})
-    front = pareto([(r["model_p50_ms"][threads[0]], r["mAP"]) for r in rows])
+    front = pareto_front([(r["model_p50_ms"][threads[0]], r["mAP"]) for r in rows])
     for r, on in zip(rows, front):
         r["pareto"] = on
     torch_map = export["pytorch"]["mAP"] if export.get("pytorch") else None
@@ -100,25 +95,8 @@ def main(argv=None) -> int:
 
 
 def _plot(rows, threads, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        t = r["model_p50_ms"][threads]
-        ax.scatter(t, r["mAP"], color="tab:red" if r["pareto"] else "tab:gray", zorder=3)
-        ax.annotate(f"{r['format']} {r['precision']}", (t, r["mAP"]), fontsize=8, xytext=(4, 3),
-                    textcoords="offset points")
-    front = sorted((r["model_p50_ms"][threads], r["mAP"]) for r in rows if r["pareto"])
-    ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:red", lw=1, label="Pareto front")
-    ax.set_xlabel(f"model p50 latency, {threads} thread(s) (ms)")
-    ax.set_ylabel("mAP")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    points = [(f"{r['format']} {r['precision']}", r["model_p50_ms"][threads], r["mAP"], r["pareto"]) for r in rows]
+    plot_pareto(points, str(path), xlabel=f"model p50 latency, {threads} thread(s) (ms)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ examples:
   nanoplus bench best.ckpt model.onnx --baseline torch --image photo.jpg --markdown report.md
   nanoplus bench model.param --sustained 600 --window 30     # drift and CPU temperature over 10 min
   nanoplus bench --merge x86.json pi5.json phone.json --markdown devices.md
+  nanoplus bench fp32/m.xml int8/m.xml m.param --data coco/ --threads 1,4 --plot lat.png   # pick the file
+
+With --data, each file (per backend) is also evaluated once on the dataset through `nanoplus eval`'s
+path and thresholds: the table gains the size in MB, mAP, AP50 and the mAP-vs-latency Pareto front,
+and a line names the fastest file within --max-map-loss of the best mAP.
 """
 from __future__ import annotations
 
@@ -28,8 +33,11 @@ from nanoplus.atomic import write_text_atomic
 from nanoplus.errors import NanoplusError
 from nanoplus.runtime import bench
 from nanoplus.runtime.bench import BenchError
+from nanoplus.runtime.bench_accuracy import evaluate_cases, load_eval_data
 from nanoplus.runtime.bench_machine import machine_info
-from nanoplus.runtime.bench_report import plot_distributions, render_markdown, render_text
+from nanoplus.runtime.bench_pick import DEFAULT_MAX_MAP_LOSS
+from nanoplus.runtime.bench_report import (pareto_plot_path, pareto_points, plot_distributions, plot_pareto,
+                                           render_markdown, render_text)
 from nanoplus.runtime.bench_results import build_document, file_sha256, load_document
 
 
@@ -78,12 +86,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--merge", nargs="+", default=[], metavar="FILE",
                         help="results files (from this command or any program writing the schema) shown in one table "
                              "with this run's results, if any")
+    parser.add_argument("--data", default=None, metavar="DATA",
+                        help="also evaluate each file on this dataset (COCO folder or json, YOLO data YAML, VOC "
+                             "folder) at nanoplus eval's thresholds: mAP, AP50, Pareto front, fastest within a loss")
+    parser.add_argument("--split", default="val", help="split of --data to evaluate (default: val)")
+    parser.add_argument("--eval-images", type=int, default=None, metavar="N",
+                        help="evaluate on the first N images of the split only (default: all)")
+    parser.add_argument("--max-map-loss", type=float, default=DEFAULT_MAX_MAP_LOSS, metavar="LOSS",
+                        help="with --data: name the fastest file whose mAP is at most LOSS below the best "
+                             f"(default {DEFAULT_MAX_MAP_LOSS})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
     if not args.models and not args.merge:
         raise BenchError("nothing to do: give model files to measure, or --merge FILE ... to show saved results")
+    if args.data is not None and not args.models:
+        raise BenchError("--data evaluates the model files given to measure; with only --merge there are none")
     documents = [(str(p), load_document(p)) for p in args.merge]
     if args.models:
         documents.insert(0, ("this run", measure_models(args)))
@@ -95,9 +114,15 @@ def run(args) -> int:
     print(render_text([d for _, d in documents], args.baseline))
     if args.markdown:
         write_text_atomic(args.markdown, render_markdown([d for _, d in documents], args.baseline))
+    front_plot = None
     if args.plot:
         plot_distributions([d for _, d in documents], args.plot)
-    for name, path in (("results", args.json), ("report", args.markdown), ("plot", args.plot)):
+        points = pareto_points([d for _, d in documents])
+        if points:
+            front_plot = pareto_plot_path(args.plot)
+            plot_pareto(points, front_plot)
+    for name, path in (("results", args.json), ("report", args.markdown), ("plot", args.plot),
+                       ("mAP-vs-latency plot", front_plot)):
         if path:
             print(f"{name} written to {path}", file=sys.stderr)
     return 0
@@ -186,6 +211,13 @@ def measure_models(args) -> dict:
     sizes = parse_sizes(input_size_option(args))
     cases = plan_cases(args.models, backends, threads, sizes)
     image, image_info = load_image(args.image)
+    if args.max_map_loss < 0:
+        raise BenchError(f"--max-map-loss must be 0 or more, got {args.max_map_loss}")
+    dataset = None
+    if args.data is not None:  # read before the long measurement, so that a bad path fails at once
+        dataset = load_eval_data(args.data, args.split, args.eval_images)
+    elif args.eval_images is not None:
+        raise BenchError("--eval-images applies to --data only")
 
     seconds = args.sustained if args.sustained is not None else args.seconds
     runs = None if seconds is not None else (args.runs if args.runs is not None else 100)
@@ -212,8 +244,11 @@ def measure_models(args) -> dict:
         "postprocess": {"score_thr": args.score_thr, "iou_thr": args.iou_thr, "max_det": args.max_det},
         "image": image_info,
     }
+    accuracy = evaluate_cases(cases, dataset, progress=not args.quiet) if dataset is not None else None
     command = "nanoplus bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
-    return build_document(cases, record, machine, settings, command=command, keep_samples=not args.no_samples)
+    document = build_document(cases, record, machine, settings, command=command, keep_samples=not args.no_samples,
+                              accuracy=accuracy, max_map_loss=args.max_map_loss)
+    return document
 
 
 def load_image(path: Optional[str]):

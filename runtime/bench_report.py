@@ -9,6 +9,7 @@ from typing import Optional
 
 from nanoplus.atomic import atomic_open
 from nanoplus.runtime.bench import BenchError
+from nanoplus.runtime.bench_pick import pareto_front, pick_sentence, result_file_label, result_points
 
 BUSY_OTHER_CORES = 0.2  # other processes using more than this many cores on average: numbers are preliminary
 
@@ -38,16 +39,17 @@ def build_rows(documents: list[dict], baseline: Optional[str]) -> tuple[list[dic
     labels = [d["machine"].get("label", "?") for d in documents]
     for d_index, doc in enumerate(documents):
         results = doc["results"]
+        front = pareto_front(result_points(results))
         base = {}
         for r in results:
             if baseline and r.get("backend") == baseline:
                 base.setdefault((r["model"].get("name"), _size(r), r.get("threads")), r)
         precisions: dict = {}
         for r in results:
-            precisions.setdefault((r["model"].get("name"), _size(r)), set()).add(r.get("precision"))
-        for r in results:
+            precisions.setdefault((result_file_label(r), _size(r)), set()).add(r.get("precision"))
+        for r, on_front in zip(results, front):
             key = (r["model"].get("name"), _size(r), r.get("threads"))
-            mixed = len(precisions[key[:2]]) > 1
+            mixed = len(precisions[(result_file_label(r), _size(r))]) > 1
             speedup = "-"
             b = base.get(key)
             if b is r:
@@ -72,7 +74,12 @@ def build_rows(documents: list[dict], baseline: Optional[str]) -> tuple[list[dic
                     notes.append(note)
             rows.append({
                 "machine": labels[d_index],
-                "model": str(r["model"].get("name")),
+                "file": result_file_label(r),
+                "file precision": str(r["model"].get("file_precision") or "-"),
+                "MB": _megabytes(r),
+                "mAP": _fmt_map((r.get("accuracy") or {}).get("mAP")),
+                "AP50": _fmt_map((r.get("accuracy") or {}).get("AP50")),
+                "front": "*" if on_front else "",
                 "size": _size(r),
                 "backend": str(r.get("backend")),
                 "precision": str(r.get("precision")) + (" !" if mixed else ""),
@@ -89,8 +96,9 @@ def build_rows(documents: list[dict], baseline: Optional[str]) -> tuple[list[dic
                 "speed-up": speedup,
             })
             if mixed:
-                note = (f"! {r['model'].get('name')} {_size(r)} ran in several precisions "
-                        f"({', '.join(sorted(map(str, precisions[key[:2]])))}): compare rows of one precision only")
+                note = (f"! {result_file_label(r)} {_size(r)} ran in several precisions "
+                        f"({', '.join(sorted(map(str, precisions[(result_file_label(r), _size(r))])))}): "
+                        "compare rows of one precision only")
                 if note not in notes:
                     notes.append(note)
         conditions = (doc.get("run") or {}).get("conditions") or {}
@@ -103,9 +111,26 @@ def build_rows(documents: list[dict], baseline: Optional[str]) -> tuple[list[dic
             counts = sorted({r.get("detections") for r in results if r.get("detections") is not None})
             notes.append(f"{labels[d_index]}: end to end on a synthetic image ({counts or '?'} detections): decode + NMS "
                          "cost grows with the candidates; --image with a real photo is closer to real use")
+        if doc.get("pick"):
+            notes.append(f"{labels[d_index]}: {pick_sentence(doc['pick'])}")
+    if any(r["mAP"] != "-" for r in rows):
+        notes.insert(0, "mAP / AP50: COCO box mAP of the file on the --data images at nanoplus eval's thresholds; "
+                        "front *: on the Pareto front of mAP vs model p50 (no other row of the machine is as fast "
+                        "and as accurate)")
     if baseline and any(r["speed-up"] != "-" for r in rows):
         notes.insert(0, f"speed-up: {baseline} p50 / this p50, model-only/end-to-end, same machine, model, size and threads")
     return rows, notes
+
+
+def _megabytes(result: dict) -> str:
+    sizes = [f.get("bytes") for f in result["model"].get("files") or []]
+    if not sizes or not all(isinstance(b, int) for b in sizes):
+        return "-"
+    return f"{sum(sizes) / 1e6:.2f}"
+
+
+def _fmt_map(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _ratio(a, b) -> str:
@@ -114,15 +139,22 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}x"
 
 
-COLUMNS = ["model", "size", "backend", "precision", "threads", "first", "model p50", "p90", "p99", "e2e p50",
-           "pre", "post", "overhead", "e2e fps", "speed-up"]
+COLUMNS = ["file", "file precision", "MB", "size", "backend", "precision", "threads", "first", "model p50", "p90",
+           "p99", "e2e p50", "pre", "post", "overhead", "e2e fps", "mAP", "AP50", "front", "speed-up"]
+
+ACCURACY_COLUMNS = ("mAP", "AP50", "front")
+
+LEFT_ALIGNED = {"machine", "file", "file precision", "backend", "precision", "front"}
 
 
 def _columns(documents: list[dict], rows: list[dict]) -> list[str]:
-    """COLUMNS, with a machine column for several documents and no speed-up column without a baseline."""
+    """COLUMNS, with a machine column for several documents, no speed-up column without a baseline
+    and no accuracy columns when no row has an mAP."""
     columns = (["machine"] if len(documents) > 1 else []) + COLUMNS
     if all(r["speed-up"] == "-" for r in rows):
         columns.remove("speed-up")
+    if all(r["mAP"] == "-" for r in rows):
+        columns = [c for c in columns if c not in ACCURACY_COLUMNS]
     return columns
 
 
@@ -131,10 +163,8 @@ def render_text(documents: list[dict], baseline: Optional[str] = "torch") -> str
     rows, notes = build_rows(documents, baseline)
     columns = _columns(documents, rows)
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) if rows else len(c) for c in columns}
-    left = {"machine", "model", "backend", "precision"}
-
     def line(values):
-        return "  ".join(v.ljust(widths[c]) if c in left else v.rjust(widths[c]) for c, v in zip(columns, values))
+        return "  ".join(v.ljust(widths[c]) if c in LEFT_ALIGNED else v.rjust(widths[c]) for c, v in zip(columns, values))
 
     out = [machine_line(d) for d in documents]
     out.append("latency in ms (p50 = median); model = engine on a ready blob; e2e = pre + inference + post; "
@@ -180,7 +210,7 @@ def sustained_lines(doc: dict) -> list[str]:
         if not sustained:
             continue
         d = sustained.get("drift") or {}
-        out.append(f"sustained {r['model'].get('name')} {_size(r)} {r.get('backend')} t{r.get('threads') or 'default'}: "
+        out.append(f"sustained {result_file_label(r)} {_size(r)} {r.get('backend')} t{r.get('threads') or 'default'}: "
                    f"drift model {_pct(d.get('model'))}, end-to-end {_pct(d.get('end_to_end'))} over "
                    f"{sustained.get('duration_s')} s")
         for w in sustained.get("windows", []):
@@ -247,7 +277,7 @@ def render_markdown(documents: list[dict], baseline: Optional[str] = "torch") ->
                "very first end-to-end call.")
     out.append("")
     out.append("| " + " | ".join(columns) + " |")
-    out.append("|" + "|".join("---" if c in ("machine", "model", "backend", "precision") else "---:" for c in columns) + "|")
+    out.append("|" + "|".join("---" if c in LEFT_ALIGNED else "---:" for c in columns) + "|")
     for r in rows:
         out.append("| " + " | ".join(r[c] for c in columns) + " |")
     out.append("")
@@ -256,13 +286,13 @@ def render_markdown(documents: list[dict], baseline: Optional[str] = "torch") ->
     out.append("")
     out.append("## Warm-up and model files")
     out.append("")
-    out.append("| machine | model | backend | threads | load ms | first ms | first inference ms | warm-up mean ms | file | sha256 |")
+    out.append("| machine | file | backend | threads | load ms | first ms | first inference ms | warm-up mean ms | file | sha256 |")
     out.append("|---|---|---|---:|---:|---:|---:|---:|---|---|")
     for doc in documents:
         for r in doc["results"]:
             warm = r.get("warmup") or {}
             files = r["model"].get("files") or [{}]
-            out.append(f"| {doc['machine'].get('label')} | {r['model'].get('name')} {_size(r)} | {r.get('backend')} | "
+            out.append(f"| {doc['machine'].get('label')} | {result_file_label(r)} {_size(r)} | {r.get('backend')} | "
                        f"{r.get('threads') or 'default'} | {_fmt_ms(r.get('load_ms'))} | {_fmt_ms(warm.get('first_ms'))} | "
                        f"{_fmt_ms(warm.get('first_inference_ms'))} | {_fmt_ms(warm.get('mean_ms'))} | "
                        f"{Path(str(files[0].get('path', '-'))).name} | {str(files[0].get('sha256', '-'))[:16]} |")
@@ -287,7 +317,7 @@ def plot_distributions(documents: list[dict], path: str) -> None:
         for r in doc["results"]:
             samples = r.get("samples_ms") or {}
             if samples.get("model"):
-                label = f"{r['model'].get('name')} {_size(r)} {r.get('backend')} {r.get('precision')} t{r.get('threads') or 'd'}"
+                label = f"{result_file_label(r)} {_size(r)} {r.get('backend')} {r.get('precision')} t{r.get('threads') or 'd'}"
                 if len(documents) > 1:
                     label = f"{doc['machine'].get('label')}: {label}"
                 entries.append((label, samples.get("model"), samples.get("end_to_end")))
@@ -312,3 +342,53 @@ def plot_distributions(documents: list[dict], path: str) -> None:
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
+
+
+def pareto_points(documents: list[dict]) -> list[tuple[str, float, float, bool]]:
+    """(label, model p50 ms, mAP, on its machine's front) of every result that has an mAP."""
+    points = []
+    for doc in documents:
+        results = doc["results"]
+        latency_map = result_points(results)
+        for r, (t, m), on in zip(results, latency_map, pareto_front(latency_map)):
+            if t is None or m is None:
+                continue
+            label = f"{result_file_label(r)} {r.get('backend')} t{r.get('threads') or 'd'} {_size(r)}"
+            if len(documents) > 1:
+                label = f"{doc['machine'].get('label')}: {label}"
+            points.append((label, t, m, on))
+    return points
+
+
+def plot_pareto(points: list[tuple[str, float, float, bool]], path: str, xlabel: str = "model p50 latency (ms)") -> None:
+    """mAP against latency, one dot per (label, latency, mAP, on_front), the front joined by a line; one PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise BenchError("--plot needs matplotlib: pip install matplotlib") from None
+    if not points:
+        raise BenchError("the mAP-vs-latency plot needs results with an mAP (run with --data)")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for label, latency, accuracy, on_front in points:
+        ax.scatter(latency, accuracy, color="tab:red" if on_front else "tab:gray", zorder=3)
+        ax.annotate(label, (latency, accuracy), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front = sorted((t, m) for _, t, m, on in points if on)
+    ax.plot([t for t, _ in front], [m for _, m in front], color="tab:red", lw=1, label="Pareto front")
+    ax.margins(x=0.3, y=0.1)  # room for the labels right of the dots
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mAP")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def pareto_plot_path(plot_path: str) -> str:
+    """Where --plot FILE.png puts the mAP-vs-latency plot: FILE-pareto.png beside it."""
+    path = Path(plot_path)
+    return str(path.with_name(f"{path.stem}-pareto{path.suffix or '.png'}"))

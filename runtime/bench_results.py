@@ -105,15 +105,16 @@ def window_summaries(case: Case, record: RunRecord) -> list[dict]:
     return windows
 
 
-def case_result(case: Case, record: RunRecord, keep_samples: bool = True) -> dict:
-    """One entry of the results list of the schema."""
+def case_result(case: Case, record: RunRecord, keep_samples: bool = True, file_label: Optional[str] = None,
+                accuracy: Optional[dict] = None) -> dict:
+    """One entry of the results list of the schema; ``accuracy``: this file's mAP record (--data)."""
     det = case.detector
     meta = getattr(det, "meta", None)
     backend = getattr(det, "backend", None)
     stages = {name: summarize(values) for name, values in case.samples_ms.items() if values}
     warm = case.warmup_ms
     result = {
-        "model": model_record(case.model_path, meta),
+        "model": model_record(case.model_path, meta, file_label, known_precision=getattr(det, "has_metadata", True)),
         "backend": case.backend_name,
         "engine_version": str(getattr(backend, "version", "") or "") or None,
         "device": "CPU",
@@ -131,6 +132,8 @@ def case_result(case: Case, record: RunRecord, keep_samples: bool = True) -> dic
         "overhead_ratio": overhead_ratio(stages),
         "detections": _count(case.last_detections),
     }
+    if accuracy is not None:
+        result["accuracy"] = dict(accuracy)
     if keep_samples:
         result["samples_ms"] = {name: [round(v, 4) for v in values] for name, values in case.samples_ms.items() if values}
     if record.window_s:
@@ -144,20 +147,41 @@ def case_result(case: Case, record: RunRecord, keep_samples: bool = True) -> dic
     return result
 
 
-def model_record(model_path: str, meta=None) -> dict:
-    """Name, format, files with SHA-256 and sizes, and what the metadata says about the model."""
+def model_record(model_path: str, meta=None, file_label: Optional[str] = None, known_precision: bool = True) -> dict:
+    """Name, file label, format, files with SHA-256 and sizes, and what the metadata says about the model.
+
+    known_precision: False for a file without nanoplus metadata (its precision is then recorded as None).
+    """
     path = Path(model_path)
     files = [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in model_files(path)]
     record = {
         "name": (getattr(meta, "model_name", "") or path.stem) if meta is not None else path.stem,
+        "file": file_label or path.name,
         "path": str(path),
         "format": model_format(path),
         "files": files,
     }
     if meta is not None:
         record["num_classes"] = int(meta.num_classes)
-        record["file_precision"] = getattr(meta, "precision", None)
+        record["file_precision"] = getattr(meta, "precision", None) if known_precision else None
     return record
+
+
+def file_labels(paths: Sequence[str]) -> dict[str, str]:
+    """path -> the shortest tail of it (file name, then parent/file name, ...) that no other path shares.
+
+    ``a/fp32/m.xml`` and ``a/int8/m.xml`` -> ``fp32/m.xml`` and ``int8/m.xml``; ``m.onnx`` and
+    ``m.xml`` keep their names. The same path given twice is one file with one label.
+    """
+    parts = {p: Path(p).parts or (str(p),) for p in dict.fromkeys(str(p) for p in paths)}
+    labels = {}
+    for path, own in parts.items():
+        for count in range(1, len(own) + 1):
+            tail = own[-count:]
+            if not any(other[-count:] == tail for p, other in parts.items() if p != path):
+                break
+        labels[path] = "/".join(tail)
+    return labels
 
 
 def model_format(path: Path) -> str:
@@ -182,11 +206,21 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def build_document(cases: list[Case], record: RunRecord, machine: dict, settings: dict,
-                   command: Optional[str] = None, keep_samples: bool = True) -> dict:
-    """The whole results document (``runtime/bench_schema.json``)."""
-    from nanoplus import __version__
+                   command: Optional[str] = None, keep_samples: bool = True, accuracy: Optional[dict] = None,
+                   max_map_loss: Optional[float] = None) -> dict:
+    """The whole results document (``runtime/bench_schema.json``).
 
-    return {
+    accuracy: ``bench_accuracy.group_key(case)`` -> accuracy record (--data); with it the document
+    also gets "pick" (Pareto front and the fastest result within ``max_map_loss``).
+    """
+    from nanoplus import __version__
+    from nanoplus.runtime.bench_accuracy import group_key
+    from nanoplus.runtime.bench_pick import pick_record
+
+    labels = file_labels([c.model_path for c in cases])
+    results = [case_result(c, record, keep_samples, labels[str(c.model_path)],
+                           (accuracy or {}).get(group_key(c))) for c in cases]
+    document = {
         "schema": SCHEMA_NAME,
         "schema_version": SCHEMA_VERSION,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -201,8 +235,12 @@ def build_document(cases: list[Case], record: RunRecord, machine: dict, settings
             "timer": "time.perf_counter_ns",
             "conditions": record.conditions,
         },
-        "results": [case_result(c, record, keep_samples) for c in cases],
+        "results": results,
     }
+    pick = pick_record(results, max_map_loss) if accuracy and max_map_loss is not None else None
+    if pick is not None:
+        document["pick"] = pick
+    return document
 
 
 def schema_path() -> Path:

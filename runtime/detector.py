@@ -200,6 +200,8 @@ class Detector:
             "strides": list(strides) if strides else None,
             "reg_max": reg_max,
         }
+        # a foreign file's metadata is guessed: its precision field says nothing about the file
+        self.has_metadata = meta is not None
         if meta is None:
             meta = self._describe_foreign_model(path, overrides)
         else:
@@ -219,6 +221,7 @@ class Detector:
         det.multi_label = bool(multi_label)
         det.model_path = Path(meta.model_name or "model")
         det.backend = backend
+        det.has_metadata = True  # given by the caller
         meta.validate(f"metadata of the {backend.name} model in memory")
         det._set_meta(meta)
         return det

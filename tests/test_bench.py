@@ -419,7 +419,7 @@ def test_merge_renders_several_machines_in_one_table(tmp_path, capsys):
     table = [line for line in out.splitlines() if " 64x96 " in line]  # the result rows
     assert sum("x86 box" in line for line in table) == 2 and sum("Raspberry Pi 5" in line for line in table) == 2
     text = report.read_text()
-    assert "| machine | model |" in text and "Raspberry Pi 5" in text and "x86 box" in text
+    assert "| machine | file | file precision |" in text and "Raspberry Pi 5" in text and "x86 box" in text
     assert load_document(paths[1])["machine"]["label"] == "Raspberry Pi 5"
 
 
@@ -476,7 +476,7 @@ def test_bench_on_the_published_ncnn_model_writes_valid_results(tmp_path, capsys
 
     printed = capsys.readouterr().out
     assert "nanodet-plus-m_416" in printed and "ncnn" in printed and "fp32" in printed
-    assert "| model | size | backend |" in out_md.read_text()
+    assert "| file | file precision | MB | size | backend |" in out_md.read_text()
 
 
 def test_timed_stages_give_what_the_detector_gives():

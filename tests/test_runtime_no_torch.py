@@ -96,3 +96,23 @@ def test_torch_commands_without_torch_name_the_install(tmp_path):
     assert "pip install torch==2.13.0" in train and '"matplotlib>=' in train and "pip install torch==2.13.0" in imported
     assert not any("nanoplus[" in m for m in result["messages"])
     assert not any("Traceback" in m for m in result["messages"])
+
+
+def test_bench_with_data_without_torch(tmp_path):
+    """`nanoplus bench FILE --data DATA` (latency, mAP, front, pick, plots) on a runtime-only install."""
+    require_module("ncnn")
+    model = require(NCNN_FP16_DIR / "nanodet-plus-m_416.param")
+    data = require(TINY_COCO)
+    out = tmp_path / "bench.json"
+    result = _run(f"""
+        import contextlib, io, json, sys
+        from nanoplus.cli import main
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = main(["bench", {str(model)!r}, "--data", {str(data)!r}, "--eval-images", "2", "--runs", "2",
+                       "--warmup", "1", "--quiet", "--json", {str(out)!r}, "--markdown", {str(tmp_path / "r.md")!r}])
+        print(json.dumps({{"rc": rc, "torch": [m for m in sys.modules if m == "torch" or m.startswith("torch.")]}}))
+    """)
+    assert result == {"rc": 0, "torch": []}
+    doc = json.loads(out.read_text())
+    assert doc["results"][0]["accuracy"]["images"] == 2 and doc["pick"]["fastest"]["result"] == 0
