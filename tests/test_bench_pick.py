@@ -20,7 +20,7 @@ from test_bench import FakeClock, _validator, fake_document
 
 from nanoplus.cli import main
 from nanoplus.runtime.bench_pick import fastest_within_loss, pareto_front, pick_record
-from nanoplus.runtime.bench_report import render_markdown, render_text
+from nanoplus.runtime.bench_report import build_rows, render_markdown, render_text
 from nanoplus.runtime.bench_results import file_labels
 
 
@@ -116,8 +116,10 @@ def test_merge_of_a_document_written_before_file_labels_and_accuracy(tmp_path, c
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if " 64x96 " in line]
     assert len(rows) == 4 and all(" m.onnx " in line for line in rows)  # the old rows named by their path
-    old_rows = [line for line in rows if line.startswith("old box")]
-    assert all(" - " in line for line in old_rows)  # no mAP for the old document's rows
+    table, _ = build_rows([old, new], "torch")
+    assert [(r["machine"], r["file"], r["file precision"], r["mAP"]) for r in table] == [
+        ("old box", "m.onnx", "-", "-"), ("old box", "m.onnx", "-", "-"),
+        ("new box", "m.onnx", "fp32", "0.3000"), ("new box", "m.onnx", "fp32", "0.2900")]
     assert "new box: fastest within 0.01 mAP" in out and "old box: fastest" not in out
     assert (tmp_path / "p.png").is_file() and (tmp_path / "p-pareto.png").read_bytes()[:4] == b"\x89PNG"
 
