@@ -8,9 +8,14 @@ Each DIR holds what arm64_check.sh's runs wrote: eval_fp16.json, eval_int8.json 
 tests.txt (pytest's output) and bench.json / bench.txt (``nanoplus bench``).
 
 The verdicts:
-- mAP: the aarch64 value equals x86-64's at the 4 decimals quoted (the unrounded difference is
-  printed too): the engines' ARM and x86 kernels sum in different orders, so scores may move in
-  the last float bits, but the mAP must not.
+- mAP of the fp16 model: the aarch64 value equals x86-64's at the 4 decimals quoted (the unrounded
+  difference is printed too): the engines' ARM and x86 kernels sum in different orders, so scores
+  may move in the last float bits, but the mAP must not.
+- mAP of the int8 model: within --int8-tol (default 0.015) of x86-64's, mAP and AP50. ncnn's int8
+  kernels requantise with their own rounding on each architecture, and even on one machine the
+  kernel choice moves this file's 50-image mAP: on x86-64, 0.3309 with ncnn's default packed
+  kernels, 0.3396 with use_packing_layout off; on aarch64 0.3416 / 0.3420 (README, "Raspberry Pi").
+  Equality is not a property ncnn's int8 path has; a difference beyond that spread is a fault.
 - detections: the same detections (count, classes, order) on every photo, boxes within
   --box-tol pixels and scores within --score-tol (measured differences printed).
 - pre-processing: the compiled path ran on both sides (portable C++ on aarch64) and every network
@@ -54,15 +59,20 @@ def read_versions(path: Path) -> dict[str, str]:
     return versions
 
 
-def compare_eval(checks: Checks, x86: Path, arm: Path, name: str) -> float:
-    """aarch64 mAP of eval_NAME.json, checked against x86-64's."""
+def compare_eval(checks: Checks, x86: Path, arm: Path, name: str, tolerance: float = 0.0) -> float:
+    """aarch64 mAP of eval_NAME.json, checked against x86-64's: equal at 4 decimals, or within ``tolerance``."""
     ref = json.loads((x86 / f"eval_{name}.json").read_text())
     got = json.loads((arm / f"eval_{name}.json").read_text())
     stats = [k for k in ref if k.startswith("AP") or k.startswith("AR") or k == "mAP"]
     worst = max(abs(float(got[k]) - float(ref[k])) for k in stats)
-    same = round(got["mAP"], 4) == round(ref["mAP"], 4) and round(got["AP50"], 4) == round(ref["AP50"], 4)
-    checks.report(f"eval {name}", same and got["num_images"] == ref["num_images"],
-                  f"aarch64 mAP {got['mAP']:.4f} AP50 {got['AP50']:.4f}, x86-64 {ref['mAP']:.4f} / {ref['AP50']:.4f} "
+    if tolerance:
+        agree = all(abs(float(got[k]) - float(ref[k])) <= tolerance for k in ("mAP", "AP50"))
+        rule = f"mAP and AP50 within {tolerance} of x86-64's"
+    else:
+        agree = round(got["mAP"], 4) == round(ref["mAP"], 4) and round(got["AP50"], 4) == round(ref["AP50"], 4)
+        rule = "equal to x86-64's at 4 decimals"
+    checks.report(f"eval {name}", agree and got["num_images"] == ref["num_images"],
+                  f"{rule}: aarch64 mAP {got['mAP']:.4f} AP50 {got['AP50']:.4f}, x86-64 {ref['mAP']:.4f} / {ref['AP50']:.4f} "
                   f"({got['num_images']} images, {got['num_detections']} vs {ref['num_detections']} detections, "
                   f"largest unrounded difference over {len(stats)} COCO stats {worst:.1e}; "
                   f"{got['backend']} {got['backend_version']}, {got['precision']})")
@@ -142,6 +152,9 @@ def main(argv=None) -> int:
     parser.add_argument("--emulation", default="", help="what emulated the aarch64 run (printed)")
     parser.add_argument("--box-tol", type=float, default=0.5, help="pixels (default 0.5)")
     parser.add_argument("--score-tol", type=float, default=1e-3, help="default 1e-3")
+    parser.add_argument("--int8-tol", type=float, default=0.015,
+                        help="largest mAP / AP50 difference of the int8 model (default 0.015: ncnn's int8 kernels "
+                             "round differently per architecture and per kernel choice)")
     args = parser.parse_args(argv)
 
     missing = [str(d / f) for d in (args.x86, args.aarch64) for f in RESULT_FILES if not (d / f).exists()]
@@ -157,7 +170,8 @@ def main(argv=None) -> int:
                   ", ".join(f"{k} {arm_versions[k]}" for k in REPORTED_PACKAGES if k in arm_versions)
                   + (f"; DIFFER: {[(k, ref_versions[k], arm_versions[k]) for k in differ]}" if differ else ""))
     fp16 = compare_eval(checks, args.x86, args.aarch64, "fp16")
-    int8 = compare_eval(checks, args.x86, args.aarch64, "int8")
+    int8 = compare_eval(checks, args.x86, args.aarch64, "int8", tolerance=args.int8_tol)
+    int8_x86 = float(json.loads((args.x86 / "eval_int8.json").read_text())["mAP"])
     compare_detections(checks, args.x86, args.aarch64, args.box_tol, args.score_tol)
     compare_preprocess(checks, args.x86, args.aarch64)
     tests = check_tests(checks, args.aarch64, args.tests_rc) if args.tests_rc is not None else "tests not run"
@@ -169,8 +183,10 @@ def main(argv=None) -> int:
     if args.emulation:
         print(f"emulation: {args.emulation}")
     verdict = "PASS" if not checks.failed else f"FAIL ({', '.join(checks.failed)})"
-    print(f"arm64 check: mAP fp16 {fp16:.4f} int8 {int8:.4f} on aarch64 (same as x86-64: "
-          f"{'yes' if not {'eval fp16', 'eval int8'} & set(checks.failed) else 'NO'}), tests {tests}, {took} {verdict}")
+    fp16_word = "equal" if "eval fp16" not in checks.failed else "NOT equal"
+    int8_word = f"within {args.int8_tol}" if "eval int8" not in checks.failed else f"NOT within {args.int8_tol}"
+    print(f"arm64 check: mAP fp16 {fp16:.4f} int8 {int8:.4f} on aarch64 (x86-64: fp16 {fp16_word}, "
+          f"int8 {int8_x86:.4f}, {int8_word}), tests {tests}, {took} {verdict}")
     return 0 if not checks.failed else 1
 
 

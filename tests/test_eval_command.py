@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 
 import numpy as np
 import pytest
@@ -26,8 +27,13 @@ def test_published_ncnn_models_reach_reference_map(model_dir, param, expected_ma
                "--threads", "1", "--json", str(out), "--quiet"])
     assert rc == 0
     metrics = json.loads(out.read_text())
-    assert abs(metrics["mAP"] - expected_map) <= 0.003, metrics["mAP"]
-    assert abs(metrics["AP50"] - expected_ap50) <= 0.005, metrics["AP50"]
+    map_tol, ap50_tol = 0.003, 0.005
+    if "int8" in param and platform.machine() != "x86_64":
+        # ncnn's int8 kernels requantise with their own rounding per architecture: on aarch64 this file
+        # gives 0.3416 / AP50 0.5041 (README, "Raspberry Pi"); scripts/arm64_compare.py allows 0.015.
+        map_tol = ap50_tol = 0.015
+    assert abs(metrics["mAP"] - expected_map) <= map_tol, metrics["mAP"]
+    assert abs(metrics["AP50"] - expected_ap50) <= ap50_tol, metrics["AP50"]
     for key in ("AP75", "AP_small", "AP_medium", "AP_large", "AR100", "per_class"):
         assert key in metrics
     assert metrics["num_images"] == 50 and metrics["backend"] == "ncnn"
