@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import IMAGES, require, require_module
+from conftest import require_module
 from nanoplus.runtime.images import ImageReadError, decode_image, display_path, opencv_path, read_image
 
 LATIN1 = os.fsdecode(b"\xe9")  # the byte 0xE9 as Python spells it in a file name (a surrogate)
