@@ -17,6 +17,21 @@ images/s is what each data-loader worker delivers, to set against the images/s o
     python3 bench/train_throughput.py                       # batch 16, 416x416, 80 classes, 2 threads
     python3 bench/train_throughput.py --threads 1,2 --steps 5 --batch 16 --imgsz 416 --layouts nchw,channels_last
     python3 bench/train_throughput.py --data ../shared/assets/datasets/coco128 --threads 2
+    python3 bench/train_throughput.py --upstream /tmp/nanodet-upstream --threads 1,2 --steps 6 --warmup 1
+
+``--upstream DIR`` also times upstream NanoDet's own training step, interleaved with ours: DIR is a
+checkout of https://github.com/RangiLyu/nanodet (Apache-2.0; ``git clone
+https://github.com/RangiLyu/nanodet /tmp/nanodet-upstream``), imported at run time, never copied
+here. Its model is built from its own ``config/<--config>.yml`` (its yacs config code), with our
+class count and ``pretrain=False``; its step is ``forward_train(gt_meta)``, backward,
+``clip_grad_norm_`` (grad_clip of our config), its own ``build_optimizer`` (AdamW, our lr and weight
+decay, which equal its YAML's) and its own ``ExpMovingAverager`` (our ema_decay). The batch is the
+same one, converted to its format (numpy boxes / labels, empty ignore boxes). Our models then start
+from upstream's initial weights (the state dict maps 1:1), so every model assigns the same
+positives and the first step's losses are printed side by side as a check that the same arithmetic
+is timed. What is stubbed to import it (torchvision's nms, nanodet.util's lightning / drawing
+imports; none of it runs in a step) is in ``bench/upstream_nanodet.py``. The ratio printed after
+each of our rows is ``upstream median step / ours`` (= ours images/s / upstream's).
 """
 from __future__ import annotations
 
@@ -51,8 +66,25 @@ def make_batch(batch: int, imgsz: int, num_classes: int, boxes_per_image: int, s
     return images, gt_boxes, gt_labels
 
 
+def our_step(run: dict, images, gt_boxes, gt_labels, grad_clip: float, step: int) -> dict:
+    """One ``nanoplus train`` step; returns the losses and the gradient norm before clipping."""
+    import torch
+
+    model, optimizer = run["model"], run["optimizer"]
+    losses = model.forward_train(images, gt_boxes, gt_labels, 0)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run["params"], grad_clip)
+    optimizer.step()
+    run["ema"].update(model, step)
+    return {**losses, "grad_norm": grad_norm}
+
+
 def measure(config: str, batch: int, imgsz: int, threads: int, steps: int, warmup: int, boxes: int,
-            layouts: list[str]) -> list[dict]:
+            layouts: list[str], upstream_dir: str | None = None) -> list[dict]:
+    import contextlib
+    import io
+
     import torch
 
     from nanoplus.train.config import load_config
@@ -61,33 +93,52 @@ def measure(config: str, batch: int, imgsz: int, threads: int, steps: int, warmu
 
     torch.set_num_threads(threads)
     cfg = load_config(config, [f"data.input_hw=[{imgsz},{imgsz}]"])
+    images, gt_boxes, gt_labels = make_batch(batch, imgsz, cfg.model.num_classes, boxes)
+    upstream_run, start_state = None, None
+    if upstream_dir:
+        from upstream_nanodet import UpstreamStep, build_upstream, gt_meta
+
+        with contextlib.redirect_stdout(io.StringIO()):  # upstream prints as it builds
+            model, upstream, _ = build_upstream(upstream_dir, config, cfg.model.num_classes, seed=0)
+        start_state = {k: v.clone() for k, v in model.state_dict().items()}
+        step = UpstreamStep(model, upstream, cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip,
+                            cfg.train.ema_decay)
+        meta = gt_meta(images, gt_boxes, gt_labels)
+        upstream_run = {"layout": "upstream", "model": model, "step": lambda i: step(meta, i), "times": []}
     runs = []
     for layout in layouts:
         torch.manual_seed(0)
-        model = build_model(cfg.model).train().use_channels_last(layout == "channels_last")
+        model = build_model(cfg.model).train()
+        if start_state is not None:
+            model.load_state_dict(start_state)  # upstream's names map 1:1 (strict)
+        model.use_channels_last(layout == "channels_last")
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        runs.append({"layout": layout, "model": model, "optimizer": optimizer, "ema": ModelEMA(model, cfg.train.ema_decay),
-                     "params": [p for p in model.parameters() if p.requires_grad], "times": []})
-    images, gt_boxes, gt_labels = make_batch(batch, imgsz, cfg.model.num_classes, boxes)
+        run = {"layout": layout, "model": model, "optimizer": optimizer, "ema": ModelEMA(model, cfg.train.ema_decay),
+               "params": [p for p in model.parameters() if p.requires_grad], "times": []}
+        run["step"] = lambda i, run=run: our_step(run, images, gt_boxes, gt_labels, cfg.train.grad_clip, i)
+        runs.append(run)
+    if upstream_run is not None:
+        runs.append(upstream_run)
     for i in range(warmup + steps):
-        for run in runs:  # one step of each layout in turn
-            model, optimizer = run["model"], run["optimizer"]
+        for run in runs:  # one step of each model in turn
             t0 = time.perf_counter()
-            losses = model.forward_train(images, gt_boxes, gt_labels, 0)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(run["params"], cfg.train.grad_clip)
-            optimizer.step()
-            run["ema"].update(model, i)
+            out = run["step"](i)
+            seconds = time.perf_counter() - t0
+            if i == 0:
+                run["first_step"] = {"loss": float(out["loss"].detach()), "grad_norm": float(out["grad_norm"])}
             if i >= warmup:
-                run["times"].append(time.perf_counter() - t0)
+                run["times"].append(seconds)
     results = []
     for run in runs:
         med = statistics.median(run["times"])
         results.append({"config": config, "layout": run["layout"], "batch": batch, "imgsz": imgsz, "threads": threads,
                         "steps": steps, "median_step_s": round(med, 3), "min_step_s": round(min(run["times"]), 3),
-                        "images_per_s": round(batch / med, 2),
+                        "images_per_s": round(batch / med, 2), "first_step": run["first_step"],
                         "params_total": sum(p.numel() for p in run["model"].parameters())})
+    if upstream_run is not None:
+        upstream_median = statistics.median(upstream_run["times"])
+        for row, run in zip(results, runs):
+            row["vs_upstream"] = round(upstream_median / statistics.median(run["times"]), 3)
     return results
 
 
@@ -125,6 +176,8 @@ def main() -> None:
     parser.add_argument("--layouts", default="nchw,channels_last",
                         help="comma-separated: nchw (the default layout before), channels_last (nanoplus train's)")
     parser.add_argument("--data", help="also time the training data pipeline on this dataset's train split")
+    parser.add_argument("--upstream", metavar="DIR",
+                        help="also time upstream NanoDet's own step from this checkout of github.com/RangiLyu/nanodet")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -138,14 +191,29 @@ def main() -> None:
     unknown = sorted(set(layouts) - {"nchw", "channels_last"})
     if unknown:
         parser.error(f"--layouts: unknown {', '.join(unknown)}; use nchw and/or channels_last")
+    if args.upstream:
+        from upstream_nanodet import check_checkout
+
+        from nanoplus.errors import NanoplusError
+
+        try:
+            check_checkout(args.upstream, args.config)
+        except NanoplusError as e:
+            parser.error(str(e))
     results = []
     for threads in [int(t) for t in args.threads.split(",")]:
-        rows = measure(args.config, args.batch, args.imgsz, threads, args.steps, args.warmup, args.boxes, layouts)
+        rows = measure(args.config, args.batch, args.imgsz, threads, args.steps, args.warmup, args.boxes, layouts,
+                       args.upstream)
         results += rows
         for r in rows:
+            versus = f", {r['vs_upstream']:.2f}x upstream" if "vs_upstream" in r else ""
             print(f"threads={threads} {r['layout']:<13}: {r['images_per_s']:.2f} images/s (median step "
                   f"{r['median_step_s']:.3f} s, min {r['min_step_s']:.3f} s over {args.steps} steps), "
-                  f"{rows[0]['median_step_s'] / r['median_step_s']:.2f}x {rows[0]['layout']}")
+                  f"{rows[0]['median_step_s'] / r['median_step_s']:.2f}x {rows[0]['layout']}{versus}")
+        if args.upstream:
+            print(f"threads={threads} first step (same weights, same batch): " + ", ".join(
+                f"{r['layout']} loss {r['first_step']['loss']:.6f} grad norm {r['first_step']['grad_norm']:.4f}"
+                for r in rows))
     if args.data:
         pipe = data_pipeline(args.config, args.data, args.imgsz, args.batch)
         step_rate = results[-1]["images_per_s"]
