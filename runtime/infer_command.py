@@ -200,9 +200,10 @@ def run_video(detector, source, name: str, save_dir, window, hide_scores, coco_c
         raise NanoplusError(f"{what}: cannot open this video source (missing file, unsupported codec, or no such camera)")
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    writer, out_path, tmp_path = None, None, None
+    writer, out_path, tmp_path, written = None, None, None, 0
     frames, coco, times = [], [], []
     bar = tqdm(total=total if not isinstance(source, int) else None, desc=display_path(name), unit="frame", file=sys.stderr)
+    finished = stopped = False
     try:
         index = 0
         while True:
@@ -210,7 +211,11 @@ def run_video(detector, source, name: str, save_dir, window, hide_scores, coco_c
             if not ok:
                 break
             start = time.perf_counter()
-            dets = detector(frame)
+            try:
+                dets = detector(frame)
+            except KeyboardInterrupt:  # how a camera (or a long video) is stopped: keep what was done
+                stopped = True
+                break
             times.append(1000.0 * (time.perf_counter() - start))
             frames.append({"frame": index, "detections": dets.to_list()})
             coco.extend(_coco_rows(index, dets, coco_category))
@@ -228,22 +233,57 @@ def run_video(detector, source, name: str, save_dir, window, hide_scores, coco_c
                             raise NanoplusError(f"{out_path}: OpenCV cannot write mp4 video here (no mp4v "
                                                 "encoder); use --no-save or an OpenCV build with FFmpeg")
                     writer.write(drawn)
+                    written += 1
                 if not window.show(drawn, 1):
                     break
             index += 1
             bar.update(1)
+        finished = True
     finally:
         bar.close()
         capture.release()
-        if writer is not None:
-            writer.release()
-            os.replace(tmp_path, out_path)
-        safe_names.close()
+        try:
+            if writer is not None:
+                writer.release()
+                if finished:
+                    publish_video(tmp_path, out_path, written, safe_names)
+        finally:
+            if tmp_path is not None and tmp_path.exists():
+                tmp_path.unlink()  # an interrupted or unreadable video is not published
+            safe_names.close()
     count = sum(len(f["detections"]) for f in frames)
     mean_ms = sum(times) / len(times) if times else 0.0
     print(f"{display_path(name)}: {len(frames)} frames, {count} detections, {mean_ms:.1f} ms per frame"
-          + (f", saved {display_path(out_path)}" if out_path else ""))
+          + (" (stopped by Ctrl-C)" if stopped else "") + (f", saved {display_path(out_path)}" if out_path else ""))
     return {"frames": frames, "coco": coco, "skipped": []}
+
+
+def publish_video(tmp_path: Path, out_path: Path, frames_written: int, safe_names: contextlib.ExitStack) -> None:
+    """Move the finished video into place once OpenCV reads back every frame written.
+
+    ``VideoWriter.write`` reports nothing: on a full disk it drops frames and leaves a file without
+    its index, which would otherwise replace ``out_path`` silently.
+    """
+    import cv2
+
+    from nanoplus.atomic import DiskFullError, LOW_SPACE_BYTES, free_bytes
+    from nanoplus.errors import NanoplusError
+    from nanoplus.runtime.images import display_path, opencv_path
+
+    check = cv2.VideoCapture(safe_names.enter_context(opencv_path(tmp_path)))
+    try:
+        readable = check.isOpened()
+        frames_read = int(check.get(cv2.CAP_PROP_FRAME_COUNT)) if readable else 0
+    finally:
+        check.release()
+    if readable and frames_read == frames_written:
+        os.replace(tmp_path, out_path)
+        return
+    free = free_bytes(out_path.parent)
+    if free is not None and free < LOW_SPACE_BYTES:
+        raise DiskFullError(out_path.parent)
+    raise NanoplusError(f"{display_path(out_path)}: the video written is not readable back ({frames_read} of "
+                        f"{frames_written} frames); it was not saved. Check the disk and run again, or use --no-save")
 
 
 def refuse_overwriting_inputs(inputs: list[Path], save_dir, output_names: list[str]) -> None:

@@ -61,14 +61,7 @@ def test_folder_skips_unreadable_image(model, tmp_path, capsys):
 
 
 def test_video(model, tmp_path, capsys):
-    img = cv2.imread(str(require(IMAGES / "dog.jpg")))
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (img.shape[1], img.shape[0]))
-    if not writer.isOpened():
-        pytest.skip("this OpenCV cannot write mp4 video")
-    for shift in range(3):
-        writer.write(np.roll(img, 8 * shift, axis=1))
-    writer.release()
+    video = _clip(tmp_path)
     out = tmp_path / "out"
     rc = main(["infer", model, str(video), "--save-dir", str(out), "--threads", "1"])
     assert rc == 0
@@ -78,6 +71,91 @@ def test_video(model, tmp_path, capsys):
     assert all("dog" in {d["class_name"] for d in f["detections"]} for f in doc["frames"])
     capture = cv2.VideoCapture(str(out / "clip.mp4"))
     assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+def _clip(tmp_path, frames=3):
+    img = cv2.imread(str(require(IMAGES / "dog.jpg")))
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (img.shape[1], img.shape[0]))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV cannot write mp4 video")
+    for shift in range(frames):
+        writer.write(np.roll(img, 8 * shift, axis=1))
+    writer.release()
+    return video
+
+
+class _DroppingWriter:
+    """cv2.VideoWriter as it behaves on a full disk: opens, then silently keeps only the first frame."""
+
+    def __init__(self, *args):
+        self._writer = _REAL_VIDEO_WRITER(*args)
+        self._frames = 0
+
+    def isOpened(self):
+        return self._writer.isOpened()
+
+    def write(self, frame):
+        self._frames += 1
+        if self._frames == 1:
+            self._writer.write(frame)
+
+    def release(self):
+        self._writer.release()
+
+
+_REAL_VIDEO_WRITER = cv2.VideoWriter
+
+
+@pytest.mark.parametrize("free_space, message", [(1 << 20, "no space left on"), (10 << 30, "not readable back (1 of 3 frames)")])
+def test_a_video_that_lost_frames_is_not_saved(model, tmp_path, capsys, monkeypatch, free_space, message):
+    """VideoWriter.write reports nothing: the check reads the file back before it replaces the output."""
+    from nanoplus import atomic
+
+    video, out = _clip(tmp_path), tmp_path / "out"
+    out.mkdir()
+    (out / "clip.mp4").write_bytes(b"an earlier result")
+    monkeypatch.setattr(cv2, "VideoWriter", _DroppingWriter)
+    monkeypatch.setattr(atomic, "free_bytes", lambda folder: free_space)
+    assert main(["infer", model, str(video), "--save-dir", str(out), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert (out / "clip.mp4").read_bytes() == b"an earlier result"  # the earlier file is untouched
+    assert not [p.name for p in out.iterdir() if p.name != "clip.mp4"]  # no temporary video left
+
+
+def _fail_on_the_second_frame(monkeypatch, error):
+    from nanoplus.runtime import detector as detector_module
+
+    real_call, calls = detector_module.Detector.__call__, []
+
+    def call(self, image):
+        calls.append(1)
+        if len(calls) == 2:
+            raise error
+        return real_call(self, image)
+
+    monkeypatch.setattr(detector_module.Detector, "__call__", call)
+
+
+def test_ctrl_c_stops_a_video_and_keeps_the_frames_done(model, tmp_path, capsys, monkeypatch):
+    """Ctrl-C is how a camera is stopped: the frames before it are saved, video and JSON alike."""
+    video, out = _clip(tmp_path), tmp_path / "out"
+    _fail_on_the_second_frame(monkeypatch, KeyboardInterrupt)
+    assert main(["infer", model, str(video), "--save-dir", str(out), "--threads", "1"]) == 0
+    assert "clip: 1 frames" in capsys.readouterr().out
+    assert [f["frame"] for f in json.loads((out / "detections.json").read_text())["frames"]] == [0]
+    capture = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 1
+    assert not list(out.glob(".nanoplus-*"))
+
+
+def test_a_video_that_failed_halfway_is_not_saved(model, tmp_path, monkeypatch):
+    video, out = _clip(tmp_path), tmp_path / "out"
+    _fail_on_the_second_frame(monkeypatch, MemoryError)
+    with pytest.raises(MemoryError):
+        main(["infer", model, str(video), "--save-dir", str(out), "--threads", "1"])
+    assert not list(out.glob("*.mp4")) and not list(out.glob(".nanoplus-*"))
 
 
 def test_show_without_display_is_a_notice(model, tmp_path, capsys, monkeypatch):
