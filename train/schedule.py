@@ -62,8 +62,8 @@ def learning_rate(
     return min_lr + (lr - min_lr) * (1.0 + math.cos(math.pi * epoch / max(epochs, 1))) / 2.0
 
 
-class WarmupCosineSchedule:
-    """The ``cosine`` schedule: sets every param group's ``lr`` before each optimiser step."""
+class _Schedule:
+    """What both schedules are given: the optimiser and the config's train.lr / epochs / warm-up / min_lr."""
 
     def __init__(
         self,
@@ -78,6 +78,13 @@ class WarmupCosineSchedule:
         self.optimizer = optimizer
         self.lr, self.epochs, self.min_lr = float(lr), int(epochs), float(min_lr)
         self.warmup_steps, self.warmup_ratio, self.warmup = int(warmup_steps), float(warmup_ratio), warmup
+
+
+class WarmupCosineSchedule(_Schedule):
+    """The ``cosine`` schedule: sets every param group's ``lr`` before each optimiser step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *args, **kwargs):
+        super().__init__(optimizer, *args, **kwargs)
         self.last_lr = self.rate(0, 0)
 
     def rate(self, epoch: int, step: int) -> float:
@@ -98,7 +105,7 @@ class WarmupCosineSchedule:
         self.last_lr = float(state.get("last_lr", self.last_lr))
 
 
-class UpstreamSchedule:
+class UpstreamSchedule(_Schedule):
     """The ``upstream`` schedule: warm-up writes, plus a recursive cosine step at each epoch boundary.
 
     The rate lives in the optimiser's param groups, as with PyTorch's scheduler, so a resumed run
@@ -107,19 +114,8 @@ class UpstreamSchedule:
     end-of-epoch cosine step(s) of the epochs that ended since the previous call.
     """
 
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        lr: float,
-        epochs: int,
-        warmup_steps: int,
-        warmup_ratio: float,
-        min_lr: float,
-        warmup: str = "linear",
-    ):
-        self.optimizer = optimizer
-        self.lr, self.epochs, self.min_lr = float(lr), int(epochs), float(min_lr)
-        self.warmup_steps, self.warmup_ratio, self.warmup = int(warmup_steps), float(warmup_ratio), warmup
+    def __init__(self, optimizer: torch.optim.Optimizer, *args, **kwargs):
+        super().__init__(optimizer, *args, **kwargs)
         self.epoch = None  # epoch of the last step() call; None: not stepped since construction/resume
         for group in self.optimizer.param_groups:
             group["lr"] = self._base(group)  # as the optimiser starts upstream: at the configured rate
