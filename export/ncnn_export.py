@@ -31,6 +31,7 @@ from pathlib import Path
 from nanoplus.export.onnx_export import ExportError, prepare_for_export
 from nanoplus.atomic import write_bytes_atomic, write_text_atomic
 from nanoplus.runtime.metadata import ModelMeta, write_sidecar
+from nanoplus.train.shufflenetv2 import use_native_shuffle
 
 
 def pnnx_executable() -> str:
@@ -64,8 +65,13 @@ def export_ncnn(
     staging = Path(tempfile.mkdtemp(prefix=".ncnn-", dir=param_path.parent)).resolve()  # pnnx runs in it
     try:
         traced_path = staging / "model.pt"
-        with torch.no_grad():
-            traced = torch.jit.trace(graph, dummy, check_trace=False)
+        # ncnn's ShuffleChannel instead of shape-expression Reshapes, which ncnn runs slowly
+        use_native_shuffle(graph, True)
+        try:
+            with torch.no_grad():
+                traced = torch.jit.trace(graph, dummy, check_trace=False)
+        finally:
+            use_native_shuffle(graph, False)  # the model may go on to other exporters
         # saved through Python: TorchScript's own file writer aborts the process on a full disk
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer)

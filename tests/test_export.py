@@ -477,6 +477,15 @@ def test_dynamic_onnx_and_any_ncnn_run_at_other_sizes(small_ckpt, tmp_path):
     export_onnx(graph, meta, tmp_path / "model.onnx", dynamic=True, prepared=True)
     export_ncnn(graph, meta, tmp_path / "model_ncnn.param", prepared=True)
     levels = read_sidecar(tmp_path / "model_ncnn.param").level_outputs
+    # every channel shuffle is ncnn's ShuffleChannel: traced at two sizes, the view/transpose form became
+    # shape-expression Reshapes + Permutes that ncnn ran 15x slower than the rest of the model (AVX-512)
+    from nanoplus.train.shufflenetv2 import ShuffleV2Block, channel_shuffle
+    blocks = [m for m in graph.modules() if isinstance(m, ShuffleV2Block)]
+    layers = [line.split()[0] for line in (tmp_path / "model_ncnn.param").read_text().splitlines()[2:]]
+    assert layers.count("ShuffleChannel") == len(blocks) > 0 and layers.count("Permute") <= 1, sorted(set(layers))
+    assert not any(b.native_shuffle for b in blocks)  # switched back after the trace: ONNX etc. unchanged
+    x = torch.randn(2, 10, 5, 7)
+    assert torch.equal(blocks[0].shuffle(x), channel_shuffle(x, 2))  # the same permutation, bit for bit
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     for hw in [(192, 96), (128, 160), (64, 288)]:
         blob = np.random.default_rng(0).standard_normal((2, 3, *hw)).astype(np.float32)

@@ -36,11 +36,21 @@ def _depthwise(channels: int, stride: int) -> nn.Conv2d:
 
 
 class ShuffleV2Block(nn.Module):
-    """Stride 1: split channels, transform one half; stride 2: transform two copies. Then shuffle."""
+    """Stride 1: split channels, transform one half; stride 2: transform two copies. Then shuffle.
+
+    ``native_shuffle`` (set for the NCNN export by ``use_native_shuffle``): the shuffle as PyTorch's
+    ``nn.ChannelShuffle`` module, which pnnx turns into ncnn's ShuffleChannel layer. Traced at two sizes,
+    the view / transpose / view form becomes Reshapes with shape expressions, which ncnn runs about
+    ten times slower than the whole rest of the model on AVX-512 CPUs (its packed layout falls back
+    to a slow path). Same values either way: a shuffle is a permutation.
+    """
+
+    native_shuffle = False
 
     def __init__(self, inp: int, oup: int, stride: int, activation: str = "ReLU"):
         super().__init__()
         self.stride = stride
+        self.shuffle = nn.ChannelShuffle(2)  # no parameters: the state dict is upstream's
         branch = oup // 2
         if stride > 1:
             self.branch1 = nn.Sequential(
@@ -69,7 +79,17 @@ class ShuffleV2Block(nn.Module):
             out = torch.cat((x1, self.branch2(x2)), dim=1)
         else:
             out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        if self.native_shuffle:
+            return self.shuffle(out)
         return channel_shuffle(out, 2)
+
+
+def use_native_shuffle(model: nn.Module, on: bool = True) -> nn.Module:
+    """Switch every ShuffleV2Block of ``model`` to PyTorch's ``channel_shuffle`` op (or back)."""
+    for module in model.modules():
+        if isinstance(module, ShuffleV2Block):
+            module.native_shuffle = on
+    return model
 
 
 class ShuffleNetV2(nn.Module):
