@@ -148,14 +148,15 @@ def test_start_up_lines_and_a_warmup_longer_than_the_run(capsys):
     assert "warning" not in capsys.readouterr().err
 
 
-def test_loader_workers_default_to_the_cores():
+def test_loader_workers_default_to_the_device():
     pytest.importorskip("torch")
     from nanoplus.train.config import load_config
     from nanoplus.train.trainer import loader_workers
 
     assert load_config("nanodet-plus-m_416").train.workers == -1
-    assert loader_workers(-1) == len(os.sched_getaffinity(0))
-    assert loader_workers(0) == 0 and loader_workers(3) == 3
+    assert loader_workers(-1, "cuda") == len(os.sched_getaffinity(0))
+    assert loader_workers(-1, "cpu") == 0  # on the CPU loader processes only compete with the step
+    assert loader_workers(0, "cuda") == 0 and loader_workers(3, "cpu") == 3
 
 
 def test_infer_on_a_folder_of_folders_says_they_are_not_searched(tmp_path, capsys):

@@ -137,7 +137,7 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 300
     batch_size: int = 96  # total over all processes
-    workers: int = -1  # data loader processes; -1: one per CPU core this process may use
+    workers: int = -1  # data loader processes; -1: none when training on the CPU, one per core on a GPU
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 500
