@@ -28,7 +28,7 @@ step install install_nanoplus all
 step dataset "$PY" -m nanoplus.train.synthetic runs/synthetic
 step train "$PY" -m nanoplus train --config nanodet-plus-m_320 --data runs/synthetic --out "$RUN" \
     model.num_classes=3 "data.input_hw=[192,256]" train.epochs="$EPOCHS" train.batch_size=16 \
-    train.lr=0.002 train.warmup_steps=30 train.val_interval=2 train.workers=1
+    train.lr=0.002 train.warmup_steps=30 train.val_interval=2
 step eval "$PY" -m nanoplus eval "$RUN/best.ckpt" --data runs/synthetic --split val --json "$RUN/eval.json"
 step export "$PY" -m nanoplus export "$RUN/best.ckpt" --format all --out-dir "$RUN/export" --threads 1
 step infer "$PY" -m nanoplus infer "$RUN/export/best.onnx" runs/synthetic/val --save-dir "$RUN/detections" --score-thr 0.35
