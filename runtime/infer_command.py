@@ -205,39 +205,39 @@ def run_video(detector, source, name: str, save_dir, window, hide_scores, coco_c
     bar = tqdm(total=total if not isinstance(source, int) else None, desc=display_path(name), unit="frame", file=sys.stderr)
     finished = stopped = False
     try:
-        index = 0
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            start = time.perf_counter()
-            try:
-                dets = detector(frame)
-            except KeyboardInterrupt:  # how a camera (or a long video) is stopped: keep what was done
-                stopped = True
-                break
-            times.append(1000.0 * (time.perf_counter() - start))
-            frames.append({"frame": index, "detections": dets.to_list()})
-            coco.extend(_coco_rows(index, dets, coco_category))
-            if save_dir is not None or window.enabled:
-                drawn = draw_detections(frame, dets, show_scores=not hide_scores)
-                if save_dir is not None:
-                    if writer is None:
-                        out_path = save_dir / f"{name}.mp4"
-                        tmp_name = f".nanoplus-{os.getpid()}.tmp.mp4"
-                        tmp_path = save_dir / tmp_name
-                        writer = cv2.VideoWriter(os.path.join(safe_names.enter_context(opencv_path(save_dir)), tmp_name),
-                                                 cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
-                        if not writer.isOpened():
-                            writer = None
-                            raise NanoplusError(f"{out_path}: OpenCV cannot write mp4 video here (no mp4v "
-                                                "encoder); use --no-save or an OpenCV build with FFmpeg")
-                    writer.write(drawn)
-                    written += 1
-                if not window.show(drawn, 1):
+        try:
+            index = 0
+            while True:
+                ok, frame = capture.read()
+                if not ok:
                     break
-            index += 1
-            bar.update(1)
+                start = time.perf_counter()
+                dets = detector(frame)
+                times.append(1000.0 * (time.perf_counter() - start))
+                frames.append({"frame": index, "detections": dets.to_list()})
+                coco.extend(_coco_rows(index, dets, coco_category))
+                if save_dir is not None or window.enabled:
+                    drawn = draw_detections(frame, dets, show_scores=not hide_scores)
+                    if save_dir is not None:
+                        if writer is None:
+                            out_path = save_dir / f"{name}.mp4"
+                            tmp_name = f".nanoplus-{os.getpid()}.tmp.mp4"
+                            tmp_path = save_dir / tmp_name
+                            writable = os.path.join(safe_names.enter_context(opencv_path(save_dir)), tmp_name)
+                            writer = cv2.VideoWriter(writable, cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                                     (frame.shape[1], frame.shape[0]))
+                            if not writer.isOpened():
+                                writer = None
+                                raise NanoplusError(f"{out_path}: OpenCV cannot write mp4 video here (no mp4v "
+                                                    "encoder); use --no-save or an OpenCV build with FFmpeg")
+                        writer.write(drawn)
+                        written += 1
+                    if not window.show(drawn, 1):
+                        break
+                index += 1
+                bar.update(1)
+        except KeyboardInterrupt:  # how a camera (or a long video) is stopped: keep what was done
+            stopped = True
         finished = True
     finally:
         bar.close()
