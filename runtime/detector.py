@@ -35,8 +35,10 @@ from nanoplus.runtime.backends import choose_backend, open_backend, resolve_mode
 from nanoplus.runtime.coco import COCO_CLASS_NAMES
 from nanoplus.runtime.images import ImageReadError, as_bgr_uint8, read_image  # noqa: F401 (ImageReadError: part of this API)
 from nanoplus.runtime.metadata import MetadataError, ModelMeta, read_sidecar
-from nanoplus.runtime.postprocess import ModelOutputError, postprocess, sigmoid
-from nanoplus.runtime.preprocess import boxes_to_original, preprocess
+from nanoplus.runtime.postprocess import Decoder, ModelOutputError, sigmoid
+from nanoplus.runtime.preprocess import Preprocessor, boxes_to_original, diagonal_inverse
+
+_UINT8 = np.dtype(np.uint8)
 
 log = logging.getLogger("nanoplus.detector")
 
@@ -135,7 +137,9 @@ class Detector:
     Threads: one Detector may be shared by several threads, with every backend; calls run
     concurrently (OpenVINO: one infer request per thread) and each gets its own image's
     Detections. ``infer`` returns an array the caller owns. Changing attributes (thresholds,
-    ``meta``) while other threads call it is not guarded.
+    ``meta``) while other threads call it is not guarded. The pre-processing and decoding settings
+    of ``meta`` are read when the Detector is made: for another input size or class count, make
+    a new Detector.
     """
 
     def __init__(
@@ -238,6 +242,9 @@ class Detector:
         self._num_points = meta.num_points()
         self._num_channels = meta.num_channels
         self._scores_are_sigmoid = meta.score_activation == "sigmoid"
+        # the per-image steps with the model's settings read once (see Preprocessor, Decoder)
+        self._preprocessor = Preprocessor(meta)
+        self._decoder = Decoder(meta.input_hw, meta.strides, meta.reg_max, meta.num_classes)
 
     # -- model description -----------------------------------------------------------------------
     def _describe_foreign_model(self, path: Path, overrides: dict) -> ModelMeta:
@@ -309,7 +316,11 @@ class Detector:
     def preprocess(self, img_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(h, w, 3) BGR uint8 (or grey, BGRA, uint16: see ``images.as_bgr_uint8``) ->
         (blob (1, 3, H, W), M (3, 3) original->input)."""
-        return preprocess(as_bgr_uint8(img_bgr), self.meta)
+        # the usual image goes straight on (each check costs time right after an inference)
+        if not (type(img_bgr) is np.ndarray and img_bgr.dtype is _UINT8 and img_bgr.ndim == 3 and img_bgr.shape[2] == 3
+                and img_bgr.size):
+            img_bgr = as_bgr_uint8(img_bgr)
+        return self._preprocessor(img_bgr)
 
     def _run_nc(self, blob: np.ndarray, keep: bool = True) -> np.ndarray:
         """The engine's output as an (N, C+32) array (a transposed view for CN models), scores as
@@ -338,23 +349,19 @@ class Detector:
         out[:, :c] = sigmoid(out[:, :c])
         return out
 
-    def _detections(self, boxes, scores, labels, matrix, src_hw) -> Detections:
-        names = self.meta.class_names
-        return Detections(
-            boxes=boxes_to_original(boxes, matrix, src_hw),
-            scores=scores,
-            class_ids=labels,
-            class_names=[names[i] for i in labels.tolist()],
-        )
-
     def postprocess(self, raw: np.ndarray, matrix: np.ndarray, src_hw: Sequence[int],
                     scores_are_sigmoid: bool = True) -> Detections:
         """raw (N, C+32) as ``infer`` returns it -> Detections in original pixels."""
-        boxes, scores, labels = postprocess(
-            raw, self.meta.input_hw, self.meta.strides, self.meta.reg_max, self.score_thr, self.iou_thr,
-            self.max_det, scores_are_sigmoid=scores_are_sigmoid, multi_label=self.multi_label,
-        )
-        return self._detections(boxes, scores, labels, matrix, src_hw)
+        # preprocess's matrices are diagonal: the way back is part of the decoding call (known
+        # without looking into the matrix when it is the one preprocess just made)
+        last = self._preprocessor.last
+        to_original = last[3] if matrix is last[2] and tuple(src_hw) == last[0] else diagonal_inverse(matrix, src_hw)
+        boxes, scores, labels = self._decoder(raw, self.score_thr, self.iou_thr, self.max_det, scores_are_sigmoid,
+                                              self.multi_label, to_original)
+        if to_original is None:
+            boxes = boxes_to_original(boxes, matrix, src_hw)
+        names = self.meta.class_names
+        return Detections(boxes=boxes, scores=scores, class_ids=labels, class_names=[names[i] for i in labels.tolist()])
 
     def __call__(self, image: Union[np.ndarray, str, os.PathLike]) -> Detections:
         """An image (BGR uint8 (h, w, 3) array, or a path) -> Detections. Grey (h, w) / (h, w, 1),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 from functools import lru_cache
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -44,6 +44,7 @@ _LOGIT_SLACK = 1e-3
 _SIDE_SIGN = np.array([-1, -1, 1, 1], dtype=np.float32)
 # the raw output precisions the compiled path reads (others: numpy)
 _NATIVE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT32 = np.dtype(np.float32)
 
 
 def native_enabled() -> bool:
@@ -148,6 +149,19 @@ def _place_boxes(distances, signed_strides, points_xyxy, limits):
     np.maximum(boxes, 0, out=boxes)
     np.minimum(boxes, limits, out=boxes)
     return boxes
+
+
+def scale_boxes_back(boxes: np.ndarray, inv_x: float, inv_y: float, src_w: int, src_h: int) -> np.ndarray:
+    """Boxes in network-input pixels -> original pixels through a diagonal warp: (k, 4) times
+    (inv_x, inv_y, inv_x, inv_y) in float64, clipped to [0, src_w] x [0, src_h], as float32.
+
+    The reference of the compiled step (``to_original`` of ``postprocess``; decode_nms.h
+    boxes_to_original); ``preprocess.boxes_to_original`` uses it for the matrices it makes.
+    """
+    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * [inv_x, inv_y, inv_x, inv_y]
+    np.maximum(out, 0, out=out)
+    np.minimum(out, [src_w, src_h, src_w, src_h], out=out)
+    return out.astype(np.float32)
 
 
 def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -304,13 +318,15 @@ def postprocess(
     max_det: int,
     scores_are_sigmoid: bool,
     multi_label: bool = True,
+    to_original: Optional[tuple[float, float, int, int]] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image's raw output -> detections in network-input pixels.
+    """One image's raw output -> detections in network-input pixels (or original ones: ``to_original``).
 
     raw_nc: (N, C + 4*(reg_max+1)): C class scores (sigmoid when ``scores_are_sigmoid``, else
     logits), then the box bins. A transposed view of a (C+4*(reg_max+1), N) array is fine (and not
     copied). multi_label: every (point, class) above the threshold is a candidate (upstream);
-    False: only each point's best class.
+    False: only each point's best class. to_original: (1/sx, 1/sy, w, h) of a diagonal warp
+    (``preprocess.diagonal_inverse``): the boxes mapped back with ``scale_boxes_back``.
     Returns boxes (k, 4) float32 x1y1x2y2, scores (k,) float32, labels (k,) int64, best first,
     k <= max_det (max_det <= 0: no cap).
     """
@@ -336,7 +352,7 @@ def postprocess(
         exact_thr = score_thr if raw_nc.dtype.itemsize < 4 else None  # see _scored
         found = _native.detect_scored(data, channels_first, num_classes, reg_max, priors, input_hw[0], input_hw[1],
                                       float(raw_nc.dtype.type(pre_thr)), exact_thr, multi_label, float(iou_thr),
-                                      _max_det_int(max_det))
+                                      _max_det_int(max_det), to_original)
         return (np.frombuffer(found[0], np.float32).reshape(-1, 4), np.frombuffer(found[1], np.float32),
                 np.frombuffer(found[2], np.int64))
     if native is not None:
@@ -354,9 +370,54 @@ def postprocess(
         kept, boxes = _native.decode_nms(data, channels_first, num_classes, reg_max, priors, input_hw[0], input_hw[1],
                                          points, labels, scores, float(iou_thr), _max_det_int(max_det))
         keep = np.frombuffer(kept, np.int64)
-        return np.frombuffer(boxes, np.float32).reshape(-1, 4), scores[keep], labels[keep]
-    points_xyxy, signed_strides, limits = _decode_constants(input_hw, strides)
-    boxes = _place_boxes(_bin_distances(raw_nc[points, num_classes:], reg_max), signed_strides[points],
-                         points_xyxy[points], limits)
-    keep = batched_nms(boxes, scores, labels, float(iou_thr), int(max_det))
-    return boxes[keep], scores[keep], labels[keep]
+        boxes = np.frombuffer(boxes, np.float32).reshape(-1, 4)
+    else:
+        points_xyxy, signed_strides, limits = _decode_constants(input_hw, strides)
+        boxes = _place_boxes(_bin_distances(raw_nc[points, num_classes:], reg_max), signed_strides[points],
+                             points_xyxy[points], limits)
+        keep = batched_nms(boxes, scores, labels, float(iou_thr), int(max_det))
+        boxes = boxes[keep]
+    if to_original is not None:
+        boxes = scale_boxes_back(boxes, *to_original)
+    return boxes, scores[keep], labels[keep]
+
+
+class Decoder:
+    """``postprocess`` for one model's output, its shape and constants read once: what a ``Detector``
+    runs per image.
+
+    The same detections as ``postprocess`` (tests compare them): a float32 output with sigmoid
+    scores in either layout goes straight to the compiled code in one call, with no more Python
+    around it than that (right after an inference, when the interpreter's own code and data are
+    out of the caches, each Python step costs several times its usual time); anything else takes
+    ``postprocess``. Whether the compiled path runs (NANOPLUS_NATIVE) is decided when it is made.
+    """
+
+    def __init__(self, input_hw: Sequence[int], strides: Sequence[int], reg_max: int, num_classes: int):
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        self.strides = tuple(int(v) for v in strides)
+        self.reg_max = int(reg_max)
+        self.num_classes = int(num_classes)
+        self.priors = _priors_cached(self.input_hw, self.strides)
+        self.shape = (len(self.priors), self.num_classes + 4 * (self.reg_max + 1))
+        self.native = native_enabled()
+        self._threshold = (None, None)  # score_thr and its float32 rounding, for the compiled compare
+
+    def __call__(self, raw_nc: np.ndarray, score_thr: float, iou_thr: float, max_det: int, scores_are_sigmoid: bool,
+                 multi_label: bool = True, to_original: Optional[tuple[float, float, int, int]] = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As ``postprocess(raw_nc, <this model's input_hw, strides, reg_max>, ...)``."""
+        if self.native and scores_are_sigmoid and raw_nc.dtype is _FLOAT32 and raw_nc.shape == self.shape:
+            if self._threshold[0] != score_thr:
+                self._threshold = (score_thr, float(np.float32(score_thr)))
+            try:
+                found = _native.detect_scored(raw_nc, False, self.num_classes, self.reg_max, self.priors,
+                                              self.input_hw[0], self.input_hw[1], self._threshold[1], None,
+                                              multi_label, iou_thr, _max_det_int(max_det), to_original)
+            except ValueError:  # not C-contiguous (e.g. a channels-first output's transposed view): below
+                pass
+            else:
+                return (np.frombuffer(found[0], np.float32).reshape(-1, 4), np.frombuffer(found[1], np.float32),
+                        np.frombuffer(found[2], np.int64))
+        return postprocess(raw_nc, self.input_hw, self.strides, self.reg_max, score_thr, iou_thr, max_det,
+                           scores_are_sigmoid, multi_label, to_original)

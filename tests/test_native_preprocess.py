@@ -25,8 +25,9 @@ native = pytest.importorskip(
     reason="nanoplus.runtime._native is not built (no C++ compiler when nanoplus was installed)",
 )
 
-# the vector path where this CPU has one; the portable path always
-PATHS = {"vector": True, "portable": False}
+# every vector path this CPU has (each by its cap), and the portable path always
+PATHS = {name: cap for name, cap in (("avx512vbmi", "avx512vbmi"), ("avx2", "avx2")) if native.simd(cap).startswith(name)}
+PATHS["portable"] = "none"
 
 
 def _native(img, matrix, dst_hw, to_rgb, simd, mean=MEAN, std=STD):
@@ -75,7 +76,7 @@ def test_native_equals_reference_bit_for_bit(many):
                             mismatches.append(f"{name} -> {dst_hw} letterbox={keep_ratio} rgb={to_rgb} {path}: "
                                               f"{int((diff > 0).sum())} values differ, max {np.nanmax(diff):.3g}")
     assert not mismatches, "\n".join(mismatches[:10])
-    assert compared == len(images) * len(SIZES) * 8
+    assert compared == len(images) * len(SIZES) * 4 * len(PATHS)
 
 
 def test_native_warp_alone_equals_reference_warp():
@@ -147,3 +148,27 @@ def test_native_rejects_wrong_arrays_clearly():
         native.warp_normalize(np.zeros((4, 8, 3), np.uint8)[:, ::2], 1.0, 1.0, out, *args)
     with pytest.raises(ValueError, match="positive"):
         native.warp_normalize(np.zeros((4, 4, 3), np.uint8), 0.0, 1.0, out, *args)
+
+
+@pytest.mark.parametrize("src_hw, dst_hw, windows", [
+    ((576, 768), (416, 416), "one window per 16 columns"),
+    ((720, 1280), (416, 416), "two windows per 16 columns"),
+    ((1080, 1920), (416, 416), "two windows per 16 columns"),
+    ((1080, 1920), (320, 320), "a 6x downscale, too strong: the AVX2 path"),
+])
+def test_vbmi_path_covers_camera_frames_and_falls_back_beyond(src_hw, dst_hw, windows):
+    """The AVX-512 VBMI path takes the taps of 16 columns from one or two 128-byte windows of a
+    source row: it serves photos and camera frames up to a 5x downscale (the path is what the call
+    returns), falls back to AVX2 beyond, and every case equals the reference bit for bit."""
+    if "avx512vbmi" not in PATHS:
+        pytest.skip(f"this CPU has no AVX-512 VBMI (vector paths here: {sorted(PATHS)})")
+    img = np.random.default_rng(11).integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    for keep_ratio in (False, True):
+        matrix = pre.get_warp_matrix(src_hw, dst_hw, keep_ratio)
+        out = np.full((1, 3, *dst_hw), np.nan, np.float32)
+        scale, shift = pre._scale_shift(MEAN, STD)
+        ran = native.warp_normalize(img, matrix[0, 0], matrix[1, 1], out, tuple(map(float, scale)),
+                                    tuple(map(float, shift)), True)
+        assert ran == ("avx2+fma" if "AVX2" in windows else "avx512vbmi"), (keep_ratio, ran)
+        expected = reference_normalize(reference_warp(img, matrix[0, 0], matrix[1, 1], dst_hw)[:, :, ::-1], MEAN, STD)
+        assert np.array_equal(out, expected), (src_hw, dst_hw, keep_ratio)

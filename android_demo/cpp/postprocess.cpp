@@ -5,13 +5,10 @@
 namespace nanoplus {
 
 void boxes_to_original(std::vector<Detection>& detections, const WarpMatrix& matrix, int src_h, int src_w) {
-    const double inv_x = 1.0 / matrix.scale_x, inv_y = 1.0 / matrix.scale_y;
-    auto clip = [](double v, double hi) { return static_cast<float>(std::min(std::max(v, 0.0), hi)); };
-    for (Detection& d : detections) {
-        d.x1 = clip(d.x1 * inv_x, src_w);
-        d.y1 = clip(d.y1 * inv_y, src_h);
-        d.x2 = clip(d.x2 * inv_x, src_w);
-        d.y2 = clip(d.y2 * inv_y, src_h);
+    for (Detection& d : detections) {  // the Python runtime's mapping (decode_nms.h), one box at a time
+        float box[4] = {d.x1, d.y1, d.x2, d.y2};
+        boxes_to_original(box, 1, 1.0 / matrix.scale_x, 1.0 / matrix.scale_y, src_w, src_h);
+        d.x1 = box[0], d.y1 = box[1], d.x2 = box[2], d.y2 = box[3];
     }
 }
 

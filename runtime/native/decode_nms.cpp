@@ -201,6 +201,17 @@ inline float iou(const float* a, const float* b) {
 
 }  // namespace
 
+void boxes_to_original(float* boxes, size_t n, double inv_x, double inv_y, double src_w, double src_h) {
+    auto clip = [](double v, double hi) { return static_cast<float>(std::min(std::max(v, 0.0), hi)); };
+    for (size_t i = 0; i < n; ++i) {
+        float* box = boxes + 4 * i;
+        box[0] = clip(box[0] * inv_x, src_w);
+        box[1] = clip(box[1] * inv_y, src_h);
+        box[2] = clip(box[2] * inv_x, src_w);
+        box[3] = clip(box[3] * inv_y, src_h);
+    }
+}
+
 double pre_threshold(double score_thr, bool scores_are_sigmoid) {
     if (scores_are_sigmoid) return score_thr;
     if (score_thr <= 0.0) return -std::numeric_limits<double>::infinity();

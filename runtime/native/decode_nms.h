@@ -81,6 +81,11 @@ size_t decode_nms(const RawOutput& raw, int num_classes, int reg_max, const floa
 std::vector<Detection> postprocess(const RawOutput& raw, int input_h, int input_w, const std::vector<int>& strides,
                                    int reg_max, const PostprocessOptions& options);
 
+// Boxes (x1, y1, x2, y2 per row, n rows) in network-input pixels -> original pixels, in place: times
+// inv_x / inv_y (1 / the warp's scale) in double, clipped to [0, src_w] x [0, src_h], rounded to float
+// (runtime/preprocess.py boxes_to_original; NaN stays NaN).
+void boxes_to_original(float* boxes, size_t n, double inv_x, double inv_y, double src_w, double src_h);
+
 // The pre-selection threshold on the raw class values: score_thr itself for sigmoid scores, else
 // logit(score_thr) minus a small slack (the exact sigmoid test follows), +-inf at the ends.
 double pre_threshold(double score_thr, bool scores_are_sigmoid);

@@ -149,14 +149,19 @@ PyObject* py_decode_nms(PyObject*, PyObject* args, PyObject* kwargs) {
 
 PyObject* py_detect_scored(PyObject*, PyObject* args, PyObject* kwargs) {
     static const char* keywords[] = {"raw", "channels_first", "num_classes", "reg_max", "priors", "input_h", "input_w",
-                                     "threshold", "exact_threshold", "multi_label", "iou_thr", "max_det", nullptr};
-    PyObject *raw_obj, *priors_obj, *exact_obj;
+                                     "threshold", "exact_threshold", "multi_label", "iou_thr", "max_det",
+                                     "to_original", nullptr};
+    PyObject *raw_obj, *priors_obj, *exact_obj, *to_original = Py_None;
     int channels_first = 0, num_classes = 0, reg_max = 0, input_h = 0, input_w = 0, multi_label = 1, max_det = 0;
     double threshold = 0;
     float iou_thr = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OpiiOiidOpfi", const_cast<char**>(keywords), &raw_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OpiiOiidOpfi|O", const_cast<char**>(keywords), &raw_obj,
                                      &channels_first, &num_classes, &reg_max, &priors_obj, &input_h, &input_w,
-                                     &threshold, &exact_obj, &multi_label, &iou_thr, &max_det))
+                                     &threshold, &exact_obj, &multi_label, &iou_thr, &max_det, &to_original))
+        return nullptr;
+    // (1/sx, 1/sy, w, h): the boxes back through diag(sx, sy, 1), clipped to the w x h image
+    double back[4] = {0, 0, 0, 0};
+    if (to_original != Py_None && !PyArg_ParseTuple(to_original, "dddd", &back[0], &back[1], &back[2], &back[3]))
         return nullptr;
     const bool exact = exact_obj != Py_None;
     const float exact_threshold = exact ? static_cast<float>(PyFloat_AsDouble(exact_obj)) : 0.f;
@@ -200,6 +205,7 @@ PyObject* py_detect_scored(PyObject*, PyObject* args, PyObject* kwargs) {
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&raw_view);
     PyBuffer_Release(&priors_view);
+    if (to_original != Py_None) nanoplus::boxes_to_original(boxes.data(), num_kept, back[0], back[1], back[2], back[3]);
     std::vector<float> scores(num_kept);
     std::vector<int64_t> labels(num_kept);
     for (size_t k = 0; k < num_kept; ++k) {

@@ -24,7 +24,8 @@ PyObject* py_detect_scored(PyObject* self, PyObject* args, PyObject* kwargs);
     {"detect_scored", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(py_detect_scored)),             \
      METH_VARARGS | METH_KEYWORDS,                                                                                    \
      "detect_scored(raw, channels_first, num_classes, reg_max, priors, input_h, input_w, threshold,\n"                \
-     "              exact_threshold, multi_label, iou_thr, max_det)\n\n"                                               \
+     "              exact_threshold, multi_label, iou_thr, max_det, to_original=None)\n\n"                          \
      "For outputs whose class channels are the scores (sigmoid applied): select_candidates, then (unless\n"        \
      "exact_threshold is None) keep float32(value) > exact_threshold, then decode_nms, in one call ->\n"           \
-     "(boxes, scores, labels) as bytearrays of float32 (k, 4), float32, int64."}
+     "(boxes, scores, labels) as bytearrays of float32 (k, 4), float32, int64. to_original=(1/sx, 1/sy, w, h):\n"  \
+     "the boxes in original pixels (boxes_to_original), else in network-input pixels."}

@@ -29,16 +29,36 @@ bool get_buffer(PyObject* obj, Py_buffer* view, int flags, const char* format, c
     return true;
 }
 
+// simd: True (the best this CPU has), False (portable code), or a cap by name: "avx512vbmi", "avx2", "none".
+bool simd_cap(PyObject* obj, int* level) {
+    if (PyBool_Check(obj)) {
+        *level = obj == Py_True ? nanoplus::kSimdBest : nanoplus::kSimdNone;
+        return true;
+    }
+    const char* name = PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : nullptr;
+    if (name && std::strcmp(name, "avx512vbmi") == 0) *level = nanoplus::kSimdAvx512Vbmi;
+    else if (name && std::strcmp(name, "avx2") == 0) *level = nanoplus::kSimdAvx2;
+    else if (name && std::strcmp(name, "none") == 0) *level = nanoplus::kSimdNone;
+    else {
+        PyErr_SetString(PyExc_ValueError, "simd must be True, False, 'avx512vbmi', 'avx2' or 'none'");
+        return false;
+    }
+    return true;
+}
+
 PyObject* py_warp_normalize(PyObject*, PyObject* args, PyObject* kwargs) {
     static const char* keywords[] = {"image", "scale_x", "scale_y", "out", "mul", "add", "to_rgb", "simd", nullptr};
     PyObject *image_obj, *out_obj;
     double scale_x, scale_y;
     double mul[3], add[3];
-    int to_rgb = 0, simd = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OddO(ddd)(ddd)|pp", const_cast<char**>(keywords), &image_obj,
+    int to_rgb = 0;
+    PyObject* simd_obj = Py_True;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OddO(ddd)(ddd)|pO", const_cast<char**>(keywords), &image_obj,
                                      &scale_x, &scale_y, &out_obj, &mul[0], &mul[1], &mul[2], &add[0], &add[1],
-                                     &add[2], &to_rgb, &simd))
+                                     &add[2], &to_rgb, &simd_obj))
         return nullptr;
+    int max_simd;
+    if (!simd_cap(simd_obj, &max_simd)) return nullptr;
     if (!(scale_x > 0) || !(scale_y > 0)) {
         PyErr_SetString(PyExc_ValueError, "scale_x and scale_y must be positive");
         return nullptr;
@@ -66,15 +86,21 @@ PyObject* py_warp_normalize(PyObject*, PyObject* args, PyObject* kwargs) {
     float* const base = static_cast<float*>(out.buf);
     const size_t plane = static_cast<size_t>(dst_h) * dst_w;
     float* const planes[3] = {base, base + plane, base + 2 * plane};
+    int level;
     Py_BEGIN_ALLOW_THREADS
-    nanoplus::warp_normalize(view, scale_x, scale_y, dst_h, dst_w, mulf, addf, to_rgb != 0, planes, simd != 0);
+    level = nanoplus::warp_normalize(view, scale_x, scale_y, dst_h, dst_w, mulf, addf, to_rgb != 0, planes, max_simd);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&image);
     PyBuffer_Release(&out);
-    Py_RETURN_NONE;
+    return PyUnicode_FromString(nanoplus::simd_name(level));
 }
 
-PyObject* py_simd(PyObject*, PyObject*) { return PyUnicode_FromString(nanoplus::simd_name()); }
+PyObject* py_simd(PyObject*, PyObject* args) {
+    PyObject* cap = Py_True;
+    int level;
+    if (!PyArg_ParseTuple(args, "|O", &cap) || !simd_cap(cap, &level)) return nullptr;
+    return PyUnicode_FromString(nanoplus::simd_name(level));
+}
 
 PyMethodDef methods[] = {
     {"warp_normalize", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(py_warp_normalize)),
@@ -82,8 +108,11 @@ PyMethodDef methods[] = {
      "warp_normalize(image, scale_x, scale_y, out, mul, add, to_rgb=False, simd=True)\n\n"
      "image (h, w, 3) uint8 -> out (1, 3, H, W) float32: the warp by diag(scale_x, scale_y, 1) as\n"
      "runtime/preprocess_reference.py defines it (bilinear, border 0, rounded), then v * mul[c] + add[c].\n"
-     "to_rgb: plane 0 reads channel 2. simd=False forces the portable path."},
-    {"simd", py_simd, METH_NOARGS, "the vector instructions the fast path uses here ('none': portable code)"},
+     "to_rgb: plane 0 reads channel 2. simd: True (the best vector path here), False (portable code)\n"
+     "or a cap: 'avx512vbmi', 'avx2', 'none'. Every path gives the same bits. Returns the path that ran."},
+    {"simd", py_simd, METH_VARARGS,
+     "simd(cap=True): the vector path warp_normalize takes here under that cap ('avx512vbmi', 'avx2+fma',\n"
+     "'none'); a strong downscale falls back from avx512vbmi to avx2+fma"},
     NANOPLUS_DECODE_NMS_METHODS,
     {nullptr, nullptr, 0, nullptr}};
 

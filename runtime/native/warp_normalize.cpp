@@ -12,6 +12,12 @@
 // instruction the product and sum are formed in double, which is exact for these operands (a byte
 // difference times a float weight), so the one rounding to float is the fma's. This file must be
 // compiled with -ffp-contract=off: the normalisation rounds twice, as numpy does.
+//
+// Three implementations of the same arithmetic, chosen by what the CPU has: portable C++, AVX2 + FMA
+// (pixel-interleaved rows, one 8-byte load per column) and AVX-512 VBMI (planar rows: the taps of
+// 16 columns picked from a 128-byte window of the source row by two byte permutes, then every step
+// 16 values wide with no transposes; for scales where 16 columns fit such a window, i.e. all but
+// strong downscales). Tests compare each with the numpy reference bit for bit.
 #include "warp_normalize.h"
 
 #include <algorithm>
@@ -51,6 +57,16 @@ struct Plan {
     // both taps, and the column's weight four times
     std::vector<int> pair_off;
     std::vector<float> ax4;
+    // the AVX-512 VBMI path: per group of 16 output columns, `windows` windows of 128 bytes of a
+    // padded row, each with its start, two 64-byte permute indices and their masks (0: a zero
+    // byte: a tap on the border, a column past the last); the weights, 16 per group.
+    // window_fits: every window holds its taps.
+    int windows = 1;
+    std::vector<int> window_base;
+    std::vector<uint8_t> window_index;
+    std::vector<uint64_t> window_mask;
+    std::vector<float> group_ax;
+    bool window_fits = false;
     // per output row: first source row and the weight of the second
     std::vector<int> sy;
     std::vector<float> ay;
@@ -64,6 +80,62 @@ inline void tap(float inverse, int i, int* first, float* alpha) {
     const float base = std::floor(coord);
     *first = static_cast<int>(base);
     *alpha = coord - base;
+}
+
+constexpr int kGroup = 16;        // output columns per AVX-512 step
+constexpr int kWindow = 128;      // bytes of a source row two permutes read from
+
+int column_groups(int dst_w) { return (dst_w + kGroup - 1) / kGroup; }
+
+// The permute tables of the VBMI path for `windows` (1 or 2) windows per group, each serving
+// 16 / windows of its columns; false where some window's taps span more than kWindow bytes. Byte j
+// of the first permute's result (j = 16 * part + k, column k of the group) is, for part 0..2, plane
+// `part`'s byte of the first tap and, for part 3, plane 0's byte of the second tap; the second
+// permute's parts 0 and 1 are planes 1 and 2 of the second tap. Zero pixels are masked, never read.
+bool plan_windows(Plan& p, int windows) {
+    const int groups = column_groups(p.dst_w), per_window = kGroup / windows;
+    const int left_zero = 0, right_zero = (p.src_w + 1) * p.cn;  // the padding pixels' offsets
+    const size_t count = static_cast<size_t>(groups) * windows;
+    p.windows = windows;
+    p.window_base.assign(count, 0);
+    p.window_index.assign(count * 128, 0);
+    p.window_mask.assign(count * 2, 0);
+    for (size_t w = 0; w < count; ++w) {
+        const int first_x = static_cast<int>(w) * per_window;
+        const int last_x = std::min(first_x + per_window, p.dst_w);  // exclusive
+        int lo = 1 << 30, hi = -1;
+        for (int x = first_x; x < last_x; ++x) {
+            for (int o : {p.off0[x], p.off1[x]}) {
+                if (o == left_zero || o == right_zero) continue;
+                lo = std::min(lo, o), hi = std::max(hi, o + p.cn - 1);
+            }
+        }
+        if (hi < 0) continue;  // every tap a zero pixel (or no column): all masked
+        if (hi - lo >= kWindow) return false;
+        p.window_base[w] = lo;
+        uint8_t* index = p.window_index.data() + w * 128;
+        uint64_t* mask = p.window_mask.data() + w * 2;
+        for (int x = first_x; x < last_x; ++x) {
+            const int k = x % kGroup;
+            const int taps[6] = {p.off0[x], p.off0[x], p.off0[x], p.off1[x], p.off1[x], p.off1[x]};
+            for (int part = 0; part < 6; ++part) {
+                const int o = taps[part];
+                if (o == left_zero || o == right_zero) continue;
+                const int table = part / 4, j = (part % 4) * kGroup + k;
+                index[table * 64 + j] = static_cast<uint8_t>(o + p.source[part % 3] - lo);
+                mask[table] |= uint64_t{1} << j;
+            }
+        }
+    }
+    return true;
+}
+
+// One window per group where the taps allow it, else two (downscales up to about 5x), else none.
+void plan_groups(Plan& p) {
+    const int groups = column_groups(p.dst_w);
+    p.group_ax.assign(static_cast<size_t>(groups) * kGroup, 0.f);
+    for (int x = 0; x < p.dst_w; ++x) p.group_ax[x] = p.ax[x];
+    p.window_fits = p.cn == 3 && (plan_windows(p, 1) || plan_windows(p, 2));
 }
 
 Plan make_plan(const ImageView& image, double scale_x, double scale_y, int dst_h, int dst_w, const float mul[3],
@@ -99,10 +171,12 @@ Plan make_plan(const ImageView& image, double scale_x, double scale_y, int dst_h
         p.source[c] = bgr[to_rgb ? 2 - c : c];
         p.mul[c] = mul[c], p.add[c] = add[c];
     }
+    plan_groups(p);
     return p;
 }
 
-size_t padded_row_bytes(const Plan& p) { return static_cast<size_t>(p.src_w + 2) * p.cn + 8; }
+// A padded row, with slack after it for the vector loads (8 bytes; a 128-byte window).
+size_t padded_row_bytes(const Plan& p) { return static_cast<size_t>(p.src_w + 2) * p.cn + kWindow; }
 
 // Source row y between its zero pixels (the buffer's padding and slack stay zero).
 void load_row(const Plan& p, const uint8_t* src, int y, uint8_t* row) {
@@ -205,11 +279,86 @@ __attribute__((target("avx2,fma"))) void finish_row_avx2(const Plan& p, float ay
     }
 }
 
+// AVX-512 VBMI, 3-channel images, planar blended rows (3 planes of column_groups(dst_w) * 16
+// floats). Same roundings as the other paths.
+__attribute__((target("avx512f,avx512bw,avx512vbmi,fma"))) void blend_row_vbmi(const Plan& p,
+                                                                              const uint8_t* __restrict row,
+                                                                              float* __restrict out) {
+    const int groups = column_groups(p.dst_w);
+    const size_t plane = static_cast<size_t>(groups) * kGroup;
+    for (int g = 0; g < groups; ++g) {
+        __m512i first = _mm512_setzero_si512(), second = _mm512_setzero_si512();
+        for (int w = g * p.windows; w < (g + 1) * p.windows; ++w) {  // each window fills its columns
+            const uint8_t* window = row + p.window_base[w];
+            const __m512i lo = _mm512_loadu_si512(window), hi = _mm512_loadu_si512(window + 64);
+            const uint8_t* index = p.window_index.data() + static_cast<size_t>(w) * 128;
+            const uint64_t* mask = p.window_mask.data() + static_cast<size_t>(w) * 2;
+            first = _mm512_or_si512(first, _mm512_maskz_permutex2var_epi8(mask[0], lo, _mm512_loadu_si512(index), hi));
+            second = _mm512_or_si512(second,
+                                     _mm512_maskz_permutex2var_epi8(mask[1], lo, _mm512_loadu_si512(index + 64), hi));
+        }
+        const __m128i bytes0[3] = {_mm512_castsi512_si128(first), _mm512_extracti32x4_epi32(first, 1),
+                                   _mm512_extracti32x4_epi32(first, 2)};
+        const __m128i bytes1[3] = {_mm512_extracti32x4_epi32(first, 3), _mm512_castsi512_si128(second),
+                                   _mm512_extracti32x4_epi32(second, 1)};
+        const __m512 weight = _mm512_loadu_ps(p.group_ax.data() + static_cast<size_t>(g) * kGroup);
+        for (int c = 0; c < 3; ++c) {
+            const __m512 v0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes0[c]));
+            const __m512 v1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes1[c]));
+            _mm512_storeu_ps(out + c * plane + static_cast<size_t>(g) * kGroup,
+                             _mm512_fmadd_ps(weight, _mm512_sub_ps(v1, v0), v0));
+        }
+    }
+}
+
+__attribute__((target("avx512f,fma"))) void finish_row_vbmi(const Plan& p, float ay, const float* __restrict top,
+                                                            const float* __restrict bottom, float* const planes[3],
+                                                            int y) {
+    const int groups = column_groups(p.dst_w);
+    const size_t plane = static_cast<size_t>(groups) * kGroup;
+    const __m512 magic = _mm512_set1_ps(12582912.f);
+    const __m512 weight = _mm512_set1_ps(ay);
+    const int tail = p.dst_w - (groups - 1) * kGroup;  // columns in the last group, 1..16
+    const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1);
+    for (int c = 0; c < 3; ++c) {
+        const float* t = top + c * plane;
+        const float* b = bottom + c * plane;
+        float* out = planes[c] + static_cast<size_t>(y) * p.dst_w;
+        const __m512 mul = _mm512_set1_ps(p.mul[c]), add = _mm512_set1_ps(p.add[c]);
+        for (int g = 0; g < groups; ++g) {
+            const size_t x = static_cast<size_t>(g) * kGroup;
+            const __m512 tv = _mm512_loadu_ps(t + x), bv = _mm512_loadu_ps(b + x);
+            const __m512 v = _mm512_fmadd_ps(weight, _mm512_sub_ps(bv, tv), tv);
+            const __m512 u = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+            const __m512 result = _mm512_add_ps(_mm512_mul_ps(u, mul), add);
+            if (g + 1 < groups) _mm512_storeu_ps(out + x, result);
+            else _mm512_mask_storeu_ps(out + x, tail_mask, result);
+        }
+    }
+}
+
 bool have_avx2_fma() {
     static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     return yes;
 }
+
+bool have_avx512_vbmi() {
+    static const bool yes = have_avx2_fma() && __builtin_cpu_supports("avx512f") &&
+                            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi");
+    return yes;
+}
 #endif
+
+// The vector path for 3-channel images: the best the CPU has, at most max_simd (SimdLevel).
+int simd_level(int max_simd) {
+#ifdef NANOPLUS_X86
+    if (max_simd >= kSimdAvx512Vbmi && have_avx512_vbmi()) return kSimdAvx512Vbmi;
+    if (max_simd >= kSimdAvx2 && have_avx2_fma()) return kSimdAvx2;
+#else
+    (void)max_simd;
+#endif
+    return kSimdNone;
+}
 
 }  // namespace
 
@@ -222,22 +371,23 @@ int channels_of(PixelFormat format) {
     }
 }
 
-const char* simd_name() {
-#ifdef NANOPLUS_X86
-    if (have_avx2_fma()) return "avx2+fma";
-#endif
-    return "none";
+const char* simd_name(int max_simd) {
+    switch (simd_level(max_simd)) {
+        case kSimdAvx512Vbmi: return "avx512vbmi";
+        case kSimdAvx2: return "avx2+fma";
+        default: return "none";
+    }
 }
 
-void warp_normalize(const ImageView& image, double scale_x, double scale_y, int dst_h, int dst_w, const float mul[3],
-                    const float add[3], bool to_rgb, float* const planes[3], bool use_simd) {
+int warp_normalize(const ImageView& image, double scale_x, double scale_y, int dst_h, int dst_w, const float mul[3],
+                   const float add[3], bool to_rgb, float* const planes[3], int max_simd) {
     const Plan p = make_plan(image, scale_x, scale_y, dst_h, dst_w, mul, add, to_rgb);
+    int level = p.cn == 3 ? simd_level(max_simd) : kSimdNone;
+    if (level == kSimdAvx512Vbmi && !p.window_fits) level = simd_level(kSimdAvx2);  // a downscale by > ~5x
+    size_t blended_len = static_cast<size_t>(3) * dst_w;
 #ifdef NANOPLUS_X86
-    const bool simd = use_simd && p.cn == 3 && have_avx2_fma();
-    const size_t blended_len = simd ? static_cast<size_t>(4) * interleaved_columns(dst_w) : static_cast<size_t>(3) * dst_w;
-#else
-    (void)use_simd;
-    const size_t blended_len = static_cast<size_t>(3) * dst_w;
+    if (level == kSimdAvx512Vbmi) blended_len = static_cast<size_t>(3) * column_groups(dst_w) * kGroup;
+    if (level == kSimdAvx2) blended_len = static_cast<size_t>(4) * interleaved_columns(dst_w);
 #endif
     std::vector<uint8_t> row(padded_row_bytes(p), 0);
     std::vector<float> row_floats(row.size());
@@ -262,7 +412,11 @@ void warp_normalize(const ImageView& image, double scale_x, double scale_y, int 
             for (int offset = 0; offset < p.src_w * p.cn; offset += 64) __builtin_prefetch(next + offset);
         }
 #ifdef NANOPLUS_X86
-        if (simd) {
+        if (level == kSimdAvx512Vbmi) {
+            blend_row_vbmi(p, row.data(), out);
+            return slot;
+        }
+        if (level == kSimdAvx2) {
             blend_row_avx2(p, row.data(), out);
             return slot;
         }
@@ -275,13 +429,18 @@ void warp_normalize(const ImageView& image, double scale_x, double scale_y, int 
         const float* top = blended.data() + slot_of(sy, sy + 1) * blended_len;
         const float* bottom = blended.data() + slot_of(sy + 1, sy) * blended_len;
 #ifdef NANOPLUS_X86
-        if (simd) {
+        if (level == kSimdAvx512Vbmi) {
+            finish_row_vbmi(p, p.ay[y], top, bottom, planes, y);
+            continue;
+        }
+        if (level == kSimdAvx2) {
             finish_row_avx2(p, p.ay[y], top, bottom, planes, y);
             continue;
         }
 #endif
         finish_row_generic(p, p.ay[y], top, bottom, planes, y);
     }
+    return level;
 }
 
 }  // namespace nanoplus

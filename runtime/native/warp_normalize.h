@@ -28,11 +28,16 @@ int channels_of(PixelFormat format);
 // image -> 3 float planes of dst_h x dst_w (planes[c], row-major), warped by diag(scale_x, scale_y, 1)
 // from image pixels to network pixels as cv2.warpPerspective does it, then v * mul[c] + add[c]
 // (mul 1 and add 0 give the raw 0..255 values). Plane c holds blue, green, red (to_rgb: red, green,
-// blue); a GRAY image gives the same values in all three. use_simd false forces the portable code.
-void warp_normalize(const ImageView& image, double scale_x, double scale_y, int dst_h, int dst_w,
-                    const float mul[3], const float add[3], bool to_rgb, float* const planes[3], bool use_simd = true);
+// blue); a GRAY image gives the same values in all three. max_simd caps the vector instructions
+// (SimdLevel; by default the best this CPU has): every level gives the same bits.
+enum SimdLevel : int { kSimdNone = 0, kSimdAvx2 = 1, kSimdAvx512Vbmi = 2, kSimdBest = kSimdAvx512Vbmi };
+// Returns the SimdLevel that ran.
+int warp_normalize(const ImageView& image, double scale_x, double scale_y, int dst_h, int dst_w,
+                   const float mul[3], const float add[3], bool to_rgb, float* const planes[3],
+                   int max_simd = kSimdBest);
 
-// The vector instructions warp_normalize uses on this CPU: "avx2+fma", or "none" (portable code).
-const char* simd_name();
+// The vector instructions warp_normalize uses on this CPU with that cap: "avx512vbmi", "avx2+fma" or
+// "none" (portable code). (A downscale by more than about 5x falls back from avx512vbmi to avx2+fma.)
+const char* simd_name(int max_simd = kSimdBest);
 
 }  // namespace nanoplus
