@@ -194,9 +194,9 @@ class Preprocessor:
 
     def __call__(self, img_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(h, w, 3) uint8 BGR -> (blob, M), as ``preprocess``; M is read-only."""
-        if not (self.native and img_bgr.dtype is _UINT8 and img_bgr.ndim == 3 and img_bgr.shape[2] == 3):
-            return preprocess(img_bgr, self.meta)
         _, (scale_x, scale_y), matrix, _ = self.warp_for(img_bgr.shape[:2])
+        if not (self.native and img_bgr.dtype is _UINT8 and img_bgr.ndim == 3 and img_bgr.shape[2] == 3):
+            return preprocess(img_bgr, self.meta)[0], matrix
         out = np.empty(self.out_shape, dtype=np.float32)
         mul, add = self.mul_add
         try:

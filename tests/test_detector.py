@@ -272,6 +272,14 @@ def test_onnx_embedded_metadata(tmp_path, backend):
     assert len(dets) == len(boxes) > 0
     np.testing.assert_allclose(dets.boxes, boxes_to_original(boxes, matrix, img.shape[:2]), atol=1e-3)
     assert dets.class_names == [["a", "b", "c"][i] for i in labels]
+    # the way back inside the decoding call (the matrix preprocess just made) is boxes_to_original's,
+    # bit for bit, and a matrix of the caller's own (a copy, another size) takes boxes_to_original itself
+    raw = det.infer(blob)
+    for m, src_hw in ((matrix, img.shape[:2]), (matrix.copy(), img.shape[:2]), (np.diag([0.5, 0.25, 1.0]), (256, 192))):
+        got = det.postprocess(raw, m, src_hw)
+        ours = det._decoder(raw, det.score_thr, det.iou_thr, det.max_det, True)
+        np.testing.assert_array_equal(got.boxes, boxes_to_original(ours[0], m, src_hw))
+        np.testing.assert_array_equal(got.scores, dets.scores)
 
 
 def test_onnx_foreign_channels_first_and_static_size(tmp_path):

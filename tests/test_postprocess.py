@@ -355,3 +355,49 @@ def test_native_threshold_in_each_precision():
             raw[:6, 0] = [t, np.nextafter(t, dtype(10)), np.nextafter(t, dtype(-10)),
                           np.nextafter(np.nextafter(t, dtype(10)), dtype(10)), dtype(score_thr), dtype(1)]
             _assert_native_matches(*_both(raw, (64, 64), STRIDES, 7, score_thr, 0.99, 0, sigmoid_scores))
+
+
+# -- Decoder (what a Detector runs per image) and the way back to original pixels ------------------
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("layout", ["NC", "CN"])
+@pytest.mark.parametrize("sigmoid_scores", [False, True])
+def test_decoder_equals_postprocess_and_maps_back_as_the_reference(dtype, layout, sigmoid_scores):
+    """Decoder(...)(raw, ...) gives postprocess's detections bit for bit in every layout, precision
+    and score kind (the compiled one-call path or postprocess itself), and with ``to_original`` the
+    boxes of ``scale_boxes_back`` (numpy: the reference of the compiled boxes_to_original) applied
+    to them, whether decoded compiled or in numpy."""
+    rng = np.random.default_rng(5)
+    input_hw, num_classes = (96, 128), 7
+    decoder = pp.Decoder(input_hw, STRIDES, 7, num_classes)
+    back = (1.0 / 0.3, 1.0 / 0.41, 430, 233)  # an image of 430 x 233, boxes past its edges clipped
+    for score_thr, max_det in ((0.05, 100), (0.35, 5), (0.3, 0)):
+        raw = _random_output(rng, input_hw, num_classes, sigmoid_scores, dtype, layout, offset=-1.0)
+        expected = postprocess(raw, input_hw, STRIDES, 7, score_thr, 0.5, max_det, sigmoid_scores)
+        assert len(expected[0]) > 0
+        got = decoder(raw, score_thr, 0.5, max_det, sigmoid_scores)
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b)
+        mapped = decoder(raw, score_thr, 0.5, max_det, sigmoid_scores, to_original=back)
+        np.testing.assert_array_equal(mapped[0], pp.scale_boxes_back(expected[0], *back))
+        np.testing.assert_array_equal(mapped[1], expected[1])
+        np.testing.assert_array_equal(mapped[2], expected[2])
+        assert mapped[0][:, 0::2].max() <= 430 and mapped[0][:, 1::2].max() <= 233 and mapped[0].min() >= 0
+        if pp.native_enabled():
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("NANOPLUS_NATIVE", "0")
+                numpy_boxes = postprocess(raw, input_hw, STRIDES, 7, score_thr, 0.5, max_det, sigmoid_scores,
+                                          to_original=back)[0]
+            np.testing.assert_allclose(numpy_boxes, mapped[0], rtol=0, atol=1e-3)
+
+
+def test_scale_boxes_back_by_hand():
+    boxes = np.array([[10.0, 20.0, 30.0, 40.0], [-1.0, 0.0, 500.0, 7.0], [np.nan, 1.0, 2.0, 3.0]], np.float32)
+    out = pp.scale_boxes_back(boxes, 2.0, 0.5, 100, 50)
+    np.testing.assert_array_equal(out[:2], [[20.0, 10.0, 60.0, 20.0], [0.0, 0.0, 100.0, 3.5]])
+    assert np.isnan(out[2, 0]) and out.dtype == np.float32
+    if pp.native_enabled():  # the compiled step on the same rows (NaN stays NaN)
+        raw = np.full((len(make_center_priors((64, 64), STRIDES)), 1 + 32), -9.0, np.float32)
+        raw[0, 0] = 0.9  # one detection at the first point, bins all equal: distances 3.5 strides
+        boxes, _, _ = postprocess(raw, (64, 64), STRIDES, 7, 0.5, 0.6, 10, True)
+        mapped, _, _ = postprocess(raw, (64, 64), STRIDES, 7, 0.5, 0.6, 10, True, to_original=(2.0, 0.5, 100, 50))
+        np.testing.assert_array_equal(mapped, pp.scale_boxes_back(boxes, 2.0, 0.5, 100, 50))

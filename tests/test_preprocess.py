@@ -11,7 +11,7 @@ import pytest
 from conftest import SHARED, TINY_COCO, UPSTREAM_CASE, require
 from nanoplus.runtime import preprocess as preprocess_module
 from nanoplus.runtime.metadata import ModelMeta
-from nanoplus.runtime.preprocess import (boxes_to_original, get_warp_matrix, normalize_to_blob, preprocess, warp_boxes,
+from nanoplus.runtime.preprocess import (Preprocessor, boxes_to_original, diagonal_inverse, get_warp_matrix, normalize_to_blob, preprocess, warp_boxes,
                                          warp_image)
 from nanoplus.runtime.preprocess_reference import (FALLBACK_MAX_GREY_LEVELS, FALLBACK_MAX_SHARE, reference_blob,
                                                    reference_warp)
@@ -217,3 +217,26 @@ def test_boxes_to_original_inverts_letterbox_and_clips():
     np.testing.assert_allclose(out[0], [10, 20, 100, 50], atol=1e-4)
     np.testing.assert_allclose(out[1], [187.5, 87.5, 200, 100], atol=1e-4)  # clipped to w=200, h=100
     assert boxes_to_original(np.zeros((0, 4)), matrix, (100, 200)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("input_dtype", ["float32", "uint8"])
+@pytest.mark.parametrize("resize_mode", ["stretch", "letterbox"])
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_preprocessor_equals_preprocess(input_dtype, resize_mode, native, monkeypatch):
+    """Preprocessor(meta)(img) is preprocess(img, meta): the same blob (dtype, bits) and matrix for
+    contiguous images, strided views and a second size (its matrix made anew), compiled or not;
+    the matrix it returns is read-only and ``diagonal_inverse`` of it is what it keeps."""
+    monkeypatch.setenv("NANOPLUS_NATIVE", native)
+    meta = ModelMeta(class_names=["a"], input_hw=[96, 128], color_order="RGB", resize_mode=resize_mode,
+                     input_dtype=input_dtype)
+    pre = Preprocessor(meta)
+    rng = np.random.default_rng(2)
+    big = rng.integers(0, 256, (301, 419, 3), dtype=np.uint8)
+    for img in (big, big[:, ::-1], rng.integers(0, 256, (77, 123, 3), dtype=np.uint8), big):
+        blob, matrix = pre(img)
+        expected_blob, expected_matrix = preprocess(img, meta)
+        assert blob.dtype == expected_blob.dtype and blob.shape == expected_blob.shape
+        np.testing.assert_array_equal(blob, expected_blob)
+        np.testing.assert_array_equal(matrix, expected_matrix)
+        assert not matrix.flags.writeable
+        assert pre.last[3] == diagonal_inverse(expected_matrix, img.shape[:2])
