@@ -38,8 +38,8 @@ def differences(warped: np.ndarray, blob: np.ndarray, ref_warped: np.ndarray, re
     return int(grey.max()), float(np.abs(blob - ref_blob).max()), float((grey > 0).mean())
 
 
-def compiled(simd: bool):
-    """The compiled warp (vector or portable code) as a function of (img, matrix, size): the warp alone
+def compiled(simd):
+    """The compiled warp (a vector path by its cap, or False: portable code) as a function of (img, matrix, size): the warp alone
     (mul 1, add 0) as (H, W, 3) uint8, and the normalised blob."""
     def run(img: np.ndarray, matrix: np.ndarray, size: tuple) -> tuple:
         raw = np.empty((1, 3, *size), np.float32)
@@ -74,8 +74,9 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     implementations = {}
     if pre._native is not None:
-        if pre._native.simd() != "none":
-            implementations[f"compiled, {pre._native.simd()}"] = compiled(True)
+        for cap in ("avx512vbmi", "avx2"):  # every vector path this CPU has
+            if pre._native.simd(cap).startswith(cap):
+                implementations[f"compiled, {pre._native.simd(cap)}"] = compiled(cap)
         implementations["compiled, portable"] = compiled(False)
     else:
         print("nanoplus.runtime._native is not built: only the OpenCV fallback is measured", file=sys.stderr)
