@@ -61,8 +61,12 @@ struct Plan {
     // padded row, each with its start, two 64-byte permute indices and their masks (0: a zero
     // byte: a tap on the border, a column past the last); the weights, 16 per group.
     // window_fits: every window holds its taps.
+    // The windows are read straight from the image's rows (the zero pixels are masked, never
+    // read): window_base is a byte offset in a source row, window_load the bytes of each 64-byte
+    // half that lie in the row (masked loads do not touch the rest).
     int windows = 1;
     std::vector<int> window_base;
+    std::vector<uint64_t> window_load;
     std::vector<uint8_t> window_index;
     std::vector<uint64_t> window_mask;
     std::vector<float> group_ax;
@@ -98,6 +102,7 @@ bool plan_windows(Plan& p, int windows) {
     const size_t count = static_cast<size_t>(groups) * windows;
     p.windows = windows;
     p.window_base.assign(count, 0);
+    p.window_load.assign(count * 2, 0);
     p.window_index.assign(count * 128, 0);
     p.window_mask.assign(count * 2, 0);
     for (size_t w = 0; w < count; ++w) {
@@ -112,7 +117,12 @@ bool plan_windows(Plan& p, int windows) {
         }
         if (hi < 0) continue;  // every tap a zero pixel (or no column): all masked
         if (hi - lo >= kWindow) return false;
-        p.window_base[w] = lo;
+        const int row_bytes = p.src_w * p.cn, base = lo - p.cn;  // lo: past the left zero pixel
+        p.window_base[w] = base;
+        for (int half = 0; half < 2; ++half) {
+            const int bytes = std::clamp(row_bytes - base - 64 * half, 0, 64);
+            p.window_load[w * 2 + half] = bytes == 64 ? ~uint64_t{0} : (uint64_t{1} << bytes) - 1;
+        }
         uint8_t* index = p.window_index.data() + w * 128;
         uint64_t* mask = p.window_mask.data() + w * 2;
         for (int x = first_x; x < last_x; ++x) {
@@ -179,8 +189,8 @@ Plan make_plan(const ImageView& image, double scale_x, double scale_y, int dst_h
 size_t padded_row_bytes(const Plan& p) { return static_cast<size_t>(p.src_w + 2) * p.cn + kWindow; }
 
 // Source row y between its zero pixels (the buffer's padding and slack stay zero).
-void load_row(const Plan& p, const uint8_t* src, int y, uint8_t* row) {
-    std::memcpy(row + p.cn, src + static_cast<size_t>(y) * p.stride, static_cast<size_t>(p.src_w) * p.cn);
+void load_row(const Plan& p, const uint8_t* src_row, uint8_t* row) {
+    std::memcpy(row + p.cn, src_row, static_cast<size_t>(p.src_w) * p.cn);
 }
 
 // Horizontal blend of one padded row into 3 planes of dst_w floats; `floats` is scratch for the
@@ -290,7 +300,9 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi,fma"))) void blend_row_vbmi(c
         __m512i first = _mm512_setzero_si512(), second = _mm512_setzero_si512();
         for (int w = g * p.windows; w < (g + 1) * p.windows; ++w) {  // each window fills its columns
             const uint8_t* window = row + p.window_base[w];
-            const __m512i lo = _mm512_loadu_si512(window), hi = _mm512_loadu_si512(window + 64);
+            const uint64_t* load = p.window_load.data() + static_cast<size_t>(w) * 2;
+            const __m512i lo = _mm512_maskz_loadu_epi8(load[0], window);
+            const __m512i hi = _mm512_maskz_loadu_epi8(load[1], window + 64);
             const uint8_t* index = p.window_index.data() + static_cast<size_t>(w) * 128;
             const uint64_t* mask = p.window_mask.data() + static_cast<size_t>(w) * 2;
             first = _mm512_or_si512(first, _mm512_maskz_permutex2var_epi8(mask[0], lo, _mm512_loadu_si512(index), hi));
@@ -403,7 +415,7 @@ int warp_normalize(const ImageView& image, double scale_x, double scale_y, int d
             std::fill(out, out + blended_len, 0.f);
             return slot;
         }
-        load_row(p, image.data, y, row.data());
+        const uint8_t* src = image.data + static_cast<size_t>(y) * p.stride;
         // the image is usually cold (the model ran since it was decoded): ask for the next two
         // source rows while this one is blended; rows cross 4 KiB pages, where hardware
         // prefetchers stop
@@ -413,13 +425,16 @@ int warp_normalize(const ImageView& image, double scale_x, double scale_y, int d
         }
 #ifdef NANOPLUS_X86
         if (level == kSimdAvx512Vbmi) {
-            blend_row_vbmi(p, row.data(), out);
+            blend_row_vbmi(p, src, out);  // reads the image row itself
             return slot;
         }
+        load_row(p, src, row.data());
         if (level == kSimdAvx2) {
             blend_row_avx2(p, row.data(), out);
             return slot;
         }
+#else
+        load_row(p, src, row.data());
 #endif
         blend_row_generic(p, row.data(), row_floats.data(), out);
         return slot;
