@@ -181,7 +181,6 @@ Plan make_plan(const ImageView& image, double scale_x, double scale_y, int dst_h
         p.source[c] = bgr[to_rgb ? 2 - c : c];
         p.mul[c] = mul[c], p.add[c] = add[c];
     }
-    plan_groups(p);
     return p;
 }
 
@@ -393,9 +392,12 @@ const char* simd_name(int max_simd) {
 
 int warp_normalize(const ImageView& image, double scale_x, double scale_y, int dst_h, int dst_w, const float mul[3],
                    const float add[3], bool to_rgb, float* const planes[3], int max_simd) {
-    const Plan p = make_plan(image, scale_x, scale_y, dst_h, dst_w, mul, add, to_rgb);
+    Plan p = make_plan(image, scale_x, scale_y, dst_h, dst_w, mul, add, to_rgb);
     int level = p.cn == 3 ? simd_level(max_simd) : kSimdNone;
-    if (level == kSimdAvx512Vbmi && !p.window_fits) level = simd_level(kSimdAvx2);  // a downscale by > ~5x
+    if (level == kSimdAvx512Vbmi) {
+        plan_groups(p);
+        if (!p.window_fits) level = simd_level(kSimdAvx2);  // a downscale by more than about 5x
+    }
     size_t blended_len = static_cast<size_t>(3) * dst_w;
 #ifdef NANOPLUS_X86
     if (level == kSimdAvx512Vbmi) blended_len = static_cast<size_t>(3) * column_groups(dst_w) * kGroup;
