@@ -288,6 +288,11 @@ __attribute__((target("avx2,fma"))) void finish_row_avx2(const Plan& p, float ay
     }
 }
 
+// GCC 12's own AVX-512 headers trip -Wmaybe-uninitialized (GCC bug 105593, fixed in 13)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 // AVX-512 VBMI, 3-channel images, planar blended rows (3 planes of column_groups(dst_w) * 16
 // floats). Same roundings as the other paths.
 __attribute__((target("avx512f,avx512bw,avx512vbmi,fma"))) void blend_row_vbmi(const Plan& p,
@@ -347,6 +352,10 @@ __attribute__((target("avx512f,fma"))) void finish_row_vbmi(const Plan& p, float
         }
     }
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 bool have_avx2_fma() {
     static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
