@@ -399,9 +399,48 @@ const char* simd_name(int max_simd) {
     }
 }
 
-int warp_normalize(const ImageView& image, double scale_x, double scale_y, int dst_h, int dst_w, const float mul[3],
-                   const float add[3], bool to_rgb, float* const planes[3], int max_simd) {
-    Plan p = make_plan(image, scale_x, scale_y, dst_h, dst_w, mul, add, to_rgb);
+namespace {
+
+// What a plan is made from; two calls with equal keys get equal plans.
+struct PlanKey {
+    int src_h = 0, src_w = 0, stride = 0, format = 0, dst_h = 0, dst_w = 0, max_simd = 0, to_rgb = 0;
+    double scale_x = 0, scale_y = 0;
+    float mul[3] = {0, 0, 0}, add[3] = {0, 0, 0};
+
+    bool operator==(const PlanKey& o) const {
+        return src_h == o.src_h && src_w == o.src_w && stride == o.stride && format == o.format && dst_h == o.dst_h &&
+               dst_w == o.dst_w && max_simd == o.max_simd && to_rgb == o.to_rgb && scale_x == o.scale_x &&
+               scale_y == o.scale_y && std::memcmp(mul, o.mul, sizeof mul) == 0 &&
+               std::memcmp(add, o.add, sizeof add) == 0;
+    }
+};
+
+// The plan, the path and the scratch rows of the last call on this thread: a video's frames (and
+// a benchmark's) share one size, so the tables and buffers are made once, not per image.
+struct Workspace {
+    bool valid = false;
+    PlanKey key;
+    Plan plan;
+    int level = kSimdNone;
+    size_t blended_len = 0;
+    std::vector<uint8_t> row;
+    std::vector<float> row_floats, blended;
+};
+
+Workspace& workspace_for(const ImageView& image, double scale_x, double scale_y, int dst_h, int dst_w,
+                         const float mul[3], const float add[3], bool to_rgb, int max_simd) {
+    thread_local Workspace ws;
+    PlanKey key;
+    key.src_h = image.height, key.src_w = image.width, key.format = static_cast<int>(image.format);
+    key.stride = image.stride ? image.stride : image.width * channels_of(image.format);
+    key.dst_h = dst_h, key.dst_w = dst_w, key.max_simd = max_simd, key.to_rgb = to_rgb;
+    key.scale_x = scale_x, key.scale_y = scale_y;
+    for (int c = 0; c < 3; ++c) key.mul[c] = mul[c], key.add[c] = add[c];
+    if (ws.valid && ws.key == key) return ws;
+    ws.valid = false;
+    ws.key = key;
+    Plan& p = ws.plan;
+    p = make_plan(image, scale_x, scale_y, dst_h, dst_w, mul, add, to_rgb);
     int level = p.cn == 3 ? simd_level(max_simd) : kSimdNone;
     if (level == kSimdAvx512Vbmi) {
         plan_groups(p);
@@ -412,9 +451,26 @@ int warp_normalize(const ImageView& image, double scale_x, double scale_y, int d
     if (level == kSimdAvx512Vbmi) blended_len = static_cast<size_t>(3) * column_groups(dst_w) * kGroup;
     if (level == kSimdAvx2) blended_len = static_cast<size_t>(4) * interleaved_columns(dst_w);
 #endif
-    std::vector<uint8_t> row(padded_row_bytes(p), 0);
-    std::vector<float> row_floats(row.size());
-    std::vector<float> blended(2 * blended_len);
+    ws.level = level;
+    ws.blended_len = blended_len;
+    ws.row.assign(padded_row_bytes(p), 0);  // the padding stays zero: rows are copied between it
+    ws.row_floats.assign(ws.row.size(), 0.f);
+    ws.blended.assign(2 * blended_len, 0.f);
+    ws.valid = true;
+    return ws;
+}
+
+}  // namespace
+
+int warp_normalize(const ImageView& image, double scale_x, double scale_y, int dst_h, int dst_w, const float mul[3],
+                   const float add[3], bool to_rgb, float* const planes[3], int max_simd) {
+    Workspace& ws = workspace_for(image, scale_x, scale_y, dst_h, dst_w, mul, add, to_rgb, max_simd);
+    const Plan& p = ws.plan;
+    const int level = ws.level;
+    const size_t blended_len = ws.blended_len;
+    std::vector<uint8_t>& row = ws.row;
+    std::vector<float>& row_floats = ws.row_floats;
+    std::vector<float>& blended = ws.blended;
     int held[2] = {-2, -2};  // the source row each blended slot holds (-2: none)
     auto slot_of = [&](int y, int keep) {
         if (held[0] == y) return 0;
