@@ -188,7 +188,9 @@ def machine_line(doc: dict) -> str:
     parts = [
         f"EMULATED ({m['emulation']}): these timings are the emulator's, not this architecture's"
         if m.get("emulation") else "",
-        f"{m.get('label')}: {cpu.get('model', '?')}, {cpu.get('architecture', '?')}, "
+        # the label is the CPU's name unless a board or --label named the machine: say it once
+        (f"{m.get('label')}: " if m.get("label") != cpu.get("model") else "")
+        + f"{cpu.get('model', '?')}, {cpu.get('architecture', '?')}, "
         f"{cpu.get('usable_cores') or cpu.get('logical_cores', '?')} cores"
         + (" (virtual machine)" if cpu.get("virtualized") else ""),
         f"{os_info.get('distribution') or os_info.get('system', '')}".strip(),

@@ -320,6 +320,7 @@ def test_an_emulated_run_says_so_in_the_record_the_printout_and_the_report(tmp_p
     assert list(_validator().iter_errors(doc)) == []
     text = render_text([doc])
     assert text.splitlines()[0].startswith("EMULATED (qemu-aarch64-static 7.2")
+    assert text.splitlines()[0].count(machine["cpu"]["model"]) == 1  # the label is the CPU name: said once
     path = tmp_path / "emulated.json"
     path.write_text(json.dumps(doc))
     report = tmp_path / "report.md"
