@@ -346,8 +346,8 @@ def plot_distributions(documents: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def pareto_points(documents: list[dict]) -> list[tuple[str, float, float, bool]]:
-    """(label, model p50 ms, mAP, on its machine's front) of every result that has an mAP."""
+def pareto_points(documents: list[dict]) -> list[tuple]:
+    """(label, model p50 ms, mAP, on its machine's front, machine) of every result that has an mAP."""
     points = []
     for doc in documents:
         results = doc["results"]
@@ -358,12 +358,23 @@ def pareto_points(documents: list[dict]) -> list[tuple[str, float, float, bool]]
             label = f"{result_file_label(r)} {r.get('backend')} t{r.get('threads') or 'd'} {_size(r)}"
             if len(documents) > 1:
                 label = f"{doc['machine'].get('label')}: {label}"
-            points.append((label, t, m, on))
+            points.append((label, t, m, on, doc["machine"].get("label")))
     return points
 
 
-def plot_pareto(points: list[tuple[str, float, float, bool]], path: str, xlabel: str = "model p50 latency (ms)") -> None:
-    """mAP against latency, one dot per (label, latency, mAP, on_front), the front joined by a line; one PNG."""
+def front_lines(points: list[tuple]) -> dict:
+    """{group: [(latency, mAP), ...] by latency} of the points on a front, one line per group (the
+    optional 5th element of a point, e.g. its machine: each machine has its own front)."""
+    lines: dict = {}
+    for point in points:
+        if point[3]:
+            lines.setdefault(point[4] if len(point) > 4 else None, []).append((point[1], point[2]))
+    return {group: sorted(line) for group, line in lines.items()}
+
+
+def plot_pareto(points: list[tuple], path: str, xlabel: str = "model p50 latency (ms)") -> None:
+    """mAP against latency, one dot per (label, latency, mAP, on_front[, group]), each group's front
+    (a machine's) joined by its own line; one PNG."""
     try:
         import matplotlib
 
@@ -374,11 +385,16 @@ def plot_pareto(points: list[tuple[str, float, float, bool]], path: str, xlabel:
     if not points:
         raise BenchError("the mAP-vs-latency plot needs results with an mAP (run with --data)")
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for label, latency, accuracy, on_front in points:
-        ax.scatter(latency, accuracy, color="tab:red" if on_front else "tab:gray", zorder=3)
+    lines = front_lines(points)
+    colors = dict(zip(lines, ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown"] * 4))
+    for point in points:
+        label, latency, accuracy, on_front = point[:4]
+        color = colors.get(point[4] if len(point) > 4 else None, "tab:red") if on_front else "tab:gray"
+        ax.scatter(latency, accuracy, color=color, zorder=3)
         ax.annotate(label, (latency, accuracy), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    front = sorted((t, m) for _, t, m, on in points if on)
-    ax.plot([t for t, _ in front], [m for _, m in front], color="tab:red", lw=1, label="Pareto front")
+    for group, front in lines.items():
+        name = "Pareto front" if group is None or len(lines) == 1 else f"Pareto front, {group}"
+        ax.plot([t for t, _ in front], [m for _, m in front], color=colors[group], lw=1, label=name)
     ax.margins(x=0.3, y=0.1)  # room for the labels right of the dots
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mAP")

@@ -124,6 +124,26 @@ def test_merge_of_a_document_written_before_file_labels_and_accuracy(tmp_path, c
     assert (tmp_path / "p.png").is_file() and (tmp_path / "p-pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_merged_machines_each_get_their_own_front_line(tmp_path):
+    """Two machines, each with a fast-inaccurate and a slow-accurate file: each machine's front is
+    its own line in the plot (never a line from one machine's point to another's)."""
+    from nanoplus.runtime.bench_report import front_lines, pareto_points, plot_pareto
+
+    fast_box = with_accuracy(fake_document(FakeClock(), label="fast box"), [0.30, 0.35])
+    slow_box = with_accuracy(fake_document(FakeClock(), label="slow box"), [0.31, 0.36])
+    for doc, scale in ((fast_box, 1.0), (slow_box, 3.0)):
+        for i, r in enumerate(doc["results"]):
+            r["stages"]["model"]["p50_ms"] = scale * (5.0 + 5.0 * i)  # the accurate file is slower
+    points = pareto_points([fast_box, slow_box])
+    assert [p[4] for p in points] == ["fast box", "fast box", "slow box", "slow box"]
+    lines = front_lines(points)
+    assert lines == {"fast box": [(5.0, 0.30), (10.0, 0.35)], "slow box": [(15.0, 0.31), (30.0, 0.36)]}
+    # one machine alone: the slow box's 15 ms point would be dominated by the fast box's 10 ms
+    assert pareto_front([(p[1], p[2]) for p in points]) == [True, True, False, True]
+    plot_pareto(points, str(tmp_path / "fronts.png"))
+    assert (tmp_path / "fronts.png").read_bytes()[:4] == b"\x89PNG"
+
+
 # ---------------------------------------------------------------------------------------------
 # the command on real files
 # ---------------------------------------------------------------------------------------------
