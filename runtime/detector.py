@@ -315,7 +315,7 @@ class Detector:
     # -- the three stages ------------------------------------------------------------------------
     def preprocess(self, img_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(h, w, 3) BGR uint8 (or grey, BGRA, uint16: see ``images.as_bgr_uint8``) ->
-        (blob (1, 3, H, W), M (3, 3) original->input)."""
+        (blob (1, 3, H, W), M (3, 3) original->input, read-only: shared by the images of one size)."""
         # the usual image goes straight on (each check costs time right after an inference)
         if not (type(img_bgr) is np.ndarray and img_bgr.dtype is _UINT8 and img_bgr.ndim == 3 and img_bgr.shape[2] == 3
                 and img_bgr.size):
