@@ -107,6 +107,7 @@ def test_first_step_agrees_with_upstream(upstream_and_ours):
     upstream_nanodet, upstream_model, upstream, ours, cfg = upstream_and_ours
     train_throughput = _bench_module("train_throughput")
     from nanoplus.train.ema import ModelEMA
+    from nanoplus.train.optimizer import build_optimizer
 
     images, boxes, labels = train_throughput.make_batch(4, 128, cfg.model.num_classes, 7, seed=1)
     step = upstream_nanodet.UpstreamStep(upstream_model, upstream, cfg.train.lr, cfg.train.weight_decay,
@@ -117,7 +118,7 @@ def test_first_step_agrees_with_upstream(upstream_and_ours):
     grad_scale = max(g.abs().max() for g in their_grads.values())
     for layout, model in ours.items():
         run = {"model": model, "params": [p for p in model.parameters() if p.requires_grad],
-               "optimizer": torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay),
+               "optimizer": build_optimizer(model, cfg.train),  # nanoplus train's (foreach AdamW)
                "ema": ModelEMA(model, cfg.train.ema_decay)}
         mine = train_throughput.our_step(run, images, boxes, labels, cfg.train.grad_clip, 0)
         assert float(mine["num_pos"]) > 0
