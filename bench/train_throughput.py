@@ -90,6 +90,7 @@ def measure(config: str, batch: int, imgsz: int, threads: int, steps: int, warmu
     from nanoplus.train.config import load_config
     from nanoplus.train.ema import ModelEMA
     from nanoplus.train.model import build_model
+    from nanoplus.train.optimizer import build_optimizer
 
     torch.set_num_threads(threads)
     cfg = load_config(config, [f"data.input_hw=[{imgsz},{imgsz}]"])
@@ -112,7 +113,7 @@ def measure(config: str, batch: int, imgsz: int, threads: int, steps: int, warmu
         if start_state is not None:
             model.load_state_dict(start_state)  # upstream's names map 1:1 (strict)
         model.use_channels_last(layout == "channels_last")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        optimizer = build_optimizer(model, cfg.train)  # nanoplus train's AdamW (lr, weight decay, foreach)
         run = {"layout": layout, "model": model, "optimizer": optimizer, "ema": ModelEMA(model, cfg.train.ema_decay),
                "params": [p for p in model.parameters() if p.requires_grad], "times": []}
         run["step"] = lambda i, run=run: our_step(run, images, gt_boxes, gt_labels, cfg.train.grad_clip, i)

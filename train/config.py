@@ -149,7 +149,7 @@ class TrainConfig:
     ema_decay: float = 0.9998  # 0 disables EMA
     val_interval: int = 10  # epochs between evaluations
     amp: bool = True  # mixed precision, used on CUDA only
-    channels_last: bool = True  # NHWC FPN/head convolutions: faster CPU steps, same arithmetic (NanoDetPlus.use_channels_last)
+    channels_last: bool = True  # NHWC convolutions (backbone, FPNs, heads): faster CPU steps, same arithmetic (NanoDetPlus.use_channels_last)
     seed: int = 0
     freeze: list[str] = field(default_factory=list)  # module prefixes, e.g. ["backbone"]
 

@@ -37,12 +37,17 @@ class ModelEMA:
     def update(self, model: nn.Module, step: int) -> None:
         w = self.weight_of_new(step)
         current = unwrap(model).state_dict()
+        averages, values = [], []
         for name, avg in self.module.state_dict().items():
             value = current[name].detach()
             if avg.is_floating_point():
-                avg.mul_(1.0 - w).add_(value.to(avg.dtype), alpha=w)
+                averages.append(avg)
+                values.append(value.to(avg.dtype))
             else:
                 avg.copy_(value)
+        if averages:  # ema * (1 - w) + model * w, as one multi-tensor op per term (same rounding as per tensor)
+            torch._foreach_mul_(averages, 1.0 - w)
+            torch._foreach_add_(averages, values, alpha=w)
 
     def state_dict(self) -> dict:
         return self.module.state_dict()

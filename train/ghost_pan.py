@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nanoplus.train.modules import ConvModule, DepthwiseConvModule, build_activation
+from nanoplus.train.modules import BatchNorm2d, ConvModule, DepthwiseConv2d, DepthwiseConvModule, build_activation
 
 
 class GhostModule(nn.Module):
@@ -35,12 +35,12 @@ class GhostModule(nn.Module):
         new_channels = init_channels * (ratio - 1)
         self.primary_conv = nn.Sequential(
             nn.Conv2d(inp, init_channels, kernel_size, 1, kernel_size // 2, bias=False),
-            nn.BatchNorm2d(init_channels),
+            BatchNorm2d(init_channels),
             build_activation(activation) if activation else nn.Sequential(),
         )
         self.cheap_operation = nn.Sequential(
             nn.Conv2d(init_channels, new_channels, dw_size, 1, dw_size // 2, groups=init_channels, bias=False),
-            nn.BatchNorm2d(new_channels),
+            BatchNorm2d(new_channels),
             build_activation(activation) if activation else nn.Sequential(),
         )
 
@@ -66,10 +66,10 @@ class GhostBottleneck(nn.Module):
         else:
             pad = (dw_kernel_size - 1) // 2
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_chs, in_chs, dw_kernel_size, 1, pad, groups=in_chs, bias=False),
-                nn.BatchNorm2d(in_chs),
+                DepthwiseConv2d(in_chs, dw_kernel_size, 1, pad),
+                BatchNorm2d(in_chs),
                 nn.Conv2d(in_chs, out_chs, 1, 1, 0, bias=False),
-                nn.BatchNorm2d(out_chs),
+                BatchNorm2d(out_chs),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

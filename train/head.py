@@ -85,8 +85,8 @@ class NanoDetPlusHead(nn.Module):
             if self.sigmoid_scores:
                 cls, reg = out.split([self.num_classes, 4 * (self.reg_max + 1)], dim=1)
                 out = torch.cat([cls.sigmoid(), reg], dim=1)
-            outputs.append(out.flatten(start_dim=2))
-        return torch.cat(outputs, dim=2).permute(0, 2, 1)
+            outputs.append(out)
+        return _points_last(outputs)
 
 
 class SimpleConvHead(nn.Module):
@@ -130,5 +130,27 @@ class SimpleConvHead(nn.Module):
                 reg_feat = conv(reg_feat)
             cls_score = self.gfl_cls(cls_feat)
             bbox_pred = scale(self.gfl_reg(reg_feat)).float()
-            outputs.append(torch.cat([cls_score, bbox_pred], dim=1).flatten(start_dim=2))
-        return torch.cat(outputs, dim=2).permute(0, 2, 1)
+            outputs.append((cls_score, bbox_pred))
+        return _points_last(outputs)
+
+
+def _points_last(outputs) -> torch.Tensor:
+    """Per level (B, K, h, w) maps (or a pair whose channels are concatenated) -> (B, N, K), levels in
+    order, points row-major.
+
+    NCHW maps: flatten, concatenate, then a permuted view (the form the exporters trace). Channels-
+    last (NHWC) maps, as in training: each map is already (B, h, w, K) in memory, so one
+    concatenation gives a contiguous (B, N, K) (the same values); the permuted view of the NCHW form
+    would leave the 4*(reg_max+1) bins strided by N, which made the loss's softmax over them 10x slower.
+    """
+    first = outputs[0][0] if isinstance(outputs[0], tuple) else outputs[0]
+    if first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous():
+        flat = []
+        for out in outputs:
+            parts = out if isinstance(out, tuple) else (out,)
+            nhwc = [p.permute(0, 2, 3, 1) for p in parts]
+            nhwc = torch.cat(nhwc, dim=-1) if len(nhwc) > 1 else nhwc[0]
+            flat.append(nhwc.reshape(nhwc.shape[0], -1, nhwc.shape[-1]))
+        return torch.cat(flat, dim=1)
+    flat = [(torch.cat(out, dim=1) if isinstance(out, tuple) else out).flatten(start_dim=2) for out in outputs]
+    return torch.cat(flat, dim=2).permute(0, 2, 1)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from nanoplus.train.modules import ModelConfigError, build_activation
+from nanoplus.train.modules import BatchNorm2d, ModelConfigError, build_activation
 
 # (expansion t, channels c, repeats n, stride s) per stage
 INVERTED_RESIDUAL_SETTING = [
@@ -36,7 +36,7 @@ class ConvBNReLU(nn.Sequential):
                  groups: int = 1, activation: str = "ReLU"):
         super().__init__(
             nn.Conv2d(in_planes, out_planes, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(out_planes),
+            BatchNorm2d(out_planes),
             build_activation(activation),
         )
 
@@ -54,7 +54,7 @@ class InvertedResidual(nn.Module):
         layers += [
             ConvBNReLU(hidden, hidden, stride=stride, groups=hidden, activation=activation),
             nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(oup),
+            BatchNorm2d(oup),
         ]
         self.conv = nn.Sequential(*layers)
 

@@ -76,19 +76,23 @@ class NanoDetPlus(nn.Module):
         # Which head's predictions assign the labels: "aux" (upstream) or "main" (used by the
         # trainer while a freshly initialised aux branch warms up on imported deploy weights).
         self.assign_from = "aux"
-        # Memory layout of the FPN and head convolutions (use_channels_last): NHWC or the default NCHW.
+        # Memory layout of the convolutions (use_channels_last): NHWC or the default NCHW.
         self.channels_last = False
 
     def use_channels_last(self, enabled: bool = True) -> "NanoDetPlus":
-        """Keep the 4-D weights of the FPNs and heads in channels-last (NHWC) memory: oneDNN then runs
-        their depthwise and dense convolutions (the aux head's 3x3 convolutions are most of a
-        training step) without reordering, about 1.2x faster for a CPU step
-        (bench/train_throughput.py). The same sums in another order, so the rounding differs, within
-        the noise of the default layout (tests/test_train_speed.py against upstream's fixture). The
-        backbone stays NCHW: its train-mode BatchNorm statistics over the large early feature maps
-        round differently in NHWC (3.4e-4 on the head output, over the fixture's 1e-4). Returns self."""
+        """Keep every 4-D weight (backbone, FPNs, heads) in channels-last (NHWC) memory, so that the
+        activations stay NHWC from the first convolution on: oneDNN then runs the depthwise and
+        dense convolutions (the aux head's 3x3 convolutions are most of a training step) without
+        reordering, and the backbone's depthwise / 1x1 convolutions, max-pool and ShuffleNet channel
+        shuffles (``concat_shuffle_channels_last``) are faster too (bench/train_throughput.py).
+        The same sums in another order, so the rounding differs, within the noise of the default
+        layout (tests/test_train_speed.py against upstream's fixture). Training-mode BatchNorm uses
+        ``modules.BatchNorm2d``'s accurate NHWC statistics: PyTorch's own NHWC kernel is 3e-4 off
+        (relative variance) on the backbone's 208x208 maps, which moved the head output past the
+        fixture's 1e-4. The 5x5 depthwise convolutions (``modules.DepthwiseConv2d``) get their weight
+        gradient from oneDNN's grouped-convolution kernel (the same numbers, faster). Returns self."""
         layout = torch.channels_last if enabled else torch.contiguous_format
-        for part in (self.fpn, self.head, getattr(self, "aux_fpn", None), getattr(self, "aux_head", None)):
+        for part in (self.backbone, self.fpn, self.head, getattr(self, "aux_fpn", None), getattr(self, "aux_head", None)):
             if part is not None:
                 part.to(memory_format=layout)
         self.channels_last = enabled

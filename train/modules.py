@@ -51,10 +51,126 @@ def check_activation(name: Optional[str], field: str) -> None:
         build_activation(name, field)
 
 
+class _ChannelsLastBatchNormTrain(torch.autograd.Function):
+    """Training-mode batch normalisation of a channels-last (NHWC) map with accurate statistics.
+
+    PyTorch's own NHWC kernel sums each channel's statistics in one running float accumulator over
+    all N*H*W positions: on the backbone's 16 x 208 x 208 maps the variance comes out 3e-4 off
+    (relative), against 2e-7 for its NCHW kernel, enough to move the head output past the upstream
+    fixture's 1e-4. Here the mean and the (biased) variance are two-pass reductions (``Tensor.mean``
+    sums in a cascade), as accurate as NCHW's; the normalisation and the backward are PyTorch's
+    NHWC kernels (``native_batch_norm_backward`` with these statistics).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
+        dims = (0, 2, 3)
+        mean = x.mean(dims)
+        centred = x - mean[None, :, None, None]
+        var = centred.square_().mean(dims)
+        del centred
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        y = torch.addcmul(shift[None, :, None, None], x, scale[None, :, None, None])
+        if running_mean is not None:
+            count = x.numel() // x.shape[1]
+            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+            running_var.mul_(1 - momentum).add_(var * (count / max(count - 1, 1)), alpha=momentum)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, mean, invstd = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
+                ctx.needs_input_grad[2]]
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        dx, dw, db = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, mean, invstd, True,
+                                                               ctx.eps, mask)
+        return dx, dw, db, None, None, None, None
+
+
+class _DepthwiseConvGroupedWeightGrad(torch.autograd.Function):
+    """A depthwise convolution whose weight gradient oneDNN computes as a grouped convolution's.
+
+    oneDNN's backward-weights kernel for depthwise convolutions is slow on NHWC maps (a 5x5 one over
+    16 x 192 x 52 x 52 took 67 ms, five times its forward). Asking instead for the weight gradient of
+    a grouped convolution with 8 channels per group, over the same input and output gradient, and
+    keeping its diagonal (output channel c, input channel c mod 8) gives the same numbers (bit for
+    bit in tests/test_train_speed.py: the same products summed in the same order) in a third of the
+    time, although it computes 8x the products. The forward and the input gradient are PyTorch's own.
+    """
+
+    GROUP = 8
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding)
+        return torch.nn.functional.conv2d(x, weight, None, stride, padding, 1, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding = ctx.conv
+        channels, group = weight.shape[0], _DepthwiseConvGroupedWeightGrad.GROUP
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.ops.aten.convolution_backward(grad, x, weight, None, stride, padding, (1, 1), False, (0, 0),
+                                                     channels, (True, False, False))[0]
+        if ctx.needs_input_grad[1]:
+            grouped = weight.new_empty((channels, group) + tuple(weight.shape[2:])).contiguous(
+                memory_format=torch.channels_last)
+            dw_grouped = torch.ops.aten.convolution_backward(grad, x, grouped, None, stride, padding, (1, 1), False,
+                                                             (0, 0), channels // group, (False, True, False))[1]
+            index = torch.arange(channels, device=weight.device)
+            dw = dw_grouped[index, index % group].unsqueeze(1).contiguous(
+                memory_format=torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last)
+                else torch.contiguous_format)
+        return dx, dw, None, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d(channels, channels, k, groups=channels, bias=False)`` (same parameters and
+    state-dict keys) whose weight gradient, when training on channels-last maps with k >= 5 and a
+    multiple of 8 channels, is computed by ``_DepthwiseConvGroupedWeightGrad``. Everything else
+    (eval, no gradient, NCHW, 3x3) is ``nn.Conv2d``'s own forward."""
+
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = False):
+        super().__init__(channels, channels, kernel_size, stride=stride, padding=padding, groups=channels, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.training and torch.is_grad_enabled() and self.bias is None and self.kernel_size[0] >= 5
+                and self.in_channels % _DepthwiseConvGroupedWeightGrad.GROUP == 0 and self.dilation == (1, 1)
+                and self.padding_mode == "zeros" and isinstance(self.padding, tuple) and x.dim() == 4
+                and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+            return _DepthwiseConvGroupedWeightGrad.apply(x, self.weight, self.stride, self.padding)
+        return super().forward(x)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same parameters, buffers and state-dict keys) that, in training mode on a
+    channels-last input, computes the batch statistics as accurately as on NCHW input
+    (``_ChannelsLastBatchNormTrain``). Everything else (eval mode, NCHW input, no running
+    statistics) is ``nn.BatchNorm2d``'s own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.training and self.track_running_stats and self.momentum is not None and x.dim() == 4
+                and x.shape[2] * x.shape[3] > 1 and x.shape[1] > 1 and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            self.num_batches_tracked.add_(1)
+            return _ChannelsLastBatchNormTrain.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                                     self.momentum, self.eps)
+        return super().forward(x)
+
+
 def build_norm(kind: str, channels: int, num_groups: int = 32) -> tuple[str, nn.Module]:
     """(attribute name, module): ``("bn", BatchNorm2d)`` or ``("gn", GroupNorm)`` as upstream names them."""
     if kind == "BN":
-        return "bn", nn.BatchNorm2d(channels)
+        return "bn", BatchNorm2d(channels)
     if kind == "GN":
         if channels % num_groups:
             raise ModelConfigError(f"GroupNorm over {channels} channels needs a group count dividing it, got {num_groups}")
@@ -148,8 +264,12 @@ class DepthwiseConvModule(nn.Module):
         super().__init__()
         self.activation = activation
         with_norm = norm is not None
-        self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size, stride=stride, padding=padding,
-                                   dilation=dilation, groups=in_channels, bias=not with_norm)
+        if dilation == 1:
+            self.depthwise = DepthwiseConv2d(in_channels, kernel_size, stride=stride, padding=padding,
+                                             bias=not with_norm)
+        else:
+            self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size, stride=stride, padding=padding,
+                                       dilation=dilation, groups=in_channels, bias=not with_norm)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=not with_norm)
         if with_norm:
             self.dwnorm = build_norm(norm, in_channels)[1]

@@ -55,9 +55,12 @@ def build_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters with one weight decay for all of them.
 
     Upstream NanoDet-Plus m_416 decays every parameter (its optimiser builder can exempt norms,
-    but the published config does not ask for it), and so does this.
+    but the published config does not ask for it), and so does this. ``foreach=True`` (PyTorch's
+    default on CUDA, not on the CPU): the multi-tensor implementation, bit-identical to the
+    per-parameter loop (tests/test_train_speed.py) with a few ops per step instead of ~10 per
+    parameter tensor.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainError("every parameter is frozen (train.freeze); nothing would be trained")
-    return torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, foreach=True)

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from nanoplus.train.modules import ModelConfigError, build_activation
+from nanoplus.train.modules import BatchNorm2d, ModelConfigError, build_activation
 
 STAGE_OUT_CHANNELS = {
     "0.5x": [24, 48, 96, 192, 1024],
@@ -29,6 +29,15 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     x = x.view(b, groups, c // groups, h, w)
     x = torch.transpose(x, 1, 2).contiguous()
     return x.view(b, -1, h, w)
+
+
+def concat_shuffle_channels_last(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``channel_shuffle(torch.cat((a, b), 1), 2)`` for channels-last (NHWC) maps, in one copy and
+    channels-last out: output channel 2i is a's channel i, 2i+1 is b's. (The view / transpose form
+    would return NCHW, so every block would convert back and forth.) Same values: a permutation."""
+    n, c, h, w = a.shape
+    pairs = torch.stack((a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)), dim=-1)  # (n, h, w, c, 2)
+    return pairs.view(n, h, w, 2 * c).permute(0, 3, 1, 2)
 
 
 def _depthwise(channels: int, stride: int) -> nn.Conv2d:
@@ -55,30 +64,33 @@ class ShuffleV2Block(nn.Module):
         if stride > 1:
             self.branch1 = nn.Sequential(
                 _depthwise(inp, stride),
-                nn.BatchNorm2d(inp),
+                BatchNorm2d(inp),
                 nn.Conv2d(inp, branch, 1, 1, 0, bias=False),
-                nn.BatchNorm2d(branch),
+                BatchNorm2d(branch),
                 build_activation(activation),
             )
         else:
             self.branch1 = nn.Sequential()
         self.branch2 = nn.Sequential(
             nn.Conv2d(inp if stride > 1 else branch, branch, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(branch),
+            BatchNorm2d(branch),
             build_activation(activation),
             _depthwise(branch, stride),
-            nn.BatchNorm2d(branch),
+            BatchNorm2d(branch),
             nn.Conv2d(branch, branch, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(branch),
+            BatchNorm2d(branch),
             build_activation(activation),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
             x1, x2 = x.chunk(2, dim=1)
-            out = torch.cat((x1, self.branch2(x2)), dim=1)
+            halves = (x1, self.branch2(x2))
         else:
-            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+            halves = (self.branch1(x), self.branch2(x))
+        if not self.native_shuffle and x.is_contiguous(memory_format=torch.channels_last):
+            return concat_shuffle_channels_last(*halves)
+        out = torch.cat(halves, dim=1)
         if self.native_shuffle:
             return self.shuffle(out)
         return channel_shuffle(out, 2)
@@ -111,7 +123,7 @@ class ShuffleNetV2(nn.Module):
 
         self.conv1 = nn.Sequential(
             nn.Conv2d(3, channels[0], 3, 2, 1, bias=False),
-            nn.BatchNorm2d(channels[0]),
+            BatchNorm2d(channels[0]),
             build_activation(activation),
         )
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
