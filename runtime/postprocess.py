@@ -297,6 +297,16 @@ def _max_det_int(max_det):
     return min(int(max_det), 2**31 - 1)
 
 
+def _detect_scored(data, channels_first, num_classes, reg_max, priors, input_hw, threshold, exact_threshold,
+                   multi_label, iou_thr, max_det, to_original):
+    """The one compiled call for sigmoid scores (select, decode, NMS, optionally the way back) ->
+    (boxes (k, 4), scores (k,), labels (k,)); ValueError when ``data`` is not C-contiguous."""
+    found = _native.detect_scored(data, channels_first, num_classes, reg_max, priors, input_hw[0], input_hw[1],
+                                  threshold, exact_threshold, multi_label, iou_thr, _max_det_int(max_det), to_original)
+    return (np.frombuffer(found[0], np.float32).reshape(-1, 4), np.frombuffer(found[1], np.float32),
+            np.frombuffer(found[2], np.int64))
+
+
 def _scored(points, classes, values, score_thr, scores_are_sigmoid, itemsize):
     """Candidates with their exact scores (sigmoid of logits), those not above score_thr dropped."""
     scores = values
@@ -350,11 +360,9 @@ def postprocess(
     if native is not None and scores_are_sigmoid:  # no exp to compute: one compiled call does it all
         data, channels_first = native
         exact_thr = score_thr if raw_nc.dtype.itemsize < 4 else None  # see _scored
-        found = _native.detect_scored(data, channels_first, num_classes, reg_max, priors, input_hw[0], input_hw[1],
-                                      float(raw_nc.dtype.type(pre_thr)), exact_thr, multi_label, float(iou_thr),
-                                      _max_det_int(max_det), to_original)
-        return (np.frombuffer(found[0], np.float32).reshape(-1, 4), np.frombuffer(found[1], np.float32),
-                np.frombuffer(found[2], np.int64))
+        return _detect_scored(data, channels_first, num_classes, reg_max, priors, input_hw,
+                              float(raw_nc.dtype.type(pre_thr)), exact_thr, multi_label, float(iou_thr), max_det,
+                              to_original)
     if native is not None:
         data, channels_first = native
         # numpy compares in the output's own precision: the threshold rounded to it, as numpy does
@@ -411,13 +419,9 @@ class Decoder:
             if self._threshold[0] != score_thr:
                 self._threshold = (score_thr, float(np.float32(score_thr)))
             try:
-                found = _native.detect_scored(raw_nc, False, self.num_classes, self.reg_max, self.priors,
-                                              self.input_hw[0], self.input_hw[1], self._threshold[1], None,
-                                              multi_label, iou_thr, _max_det_int(max_det), to_original)
+                return _detect_scored(raw_nc, False, self.num_classes, self.reg_max, self.priors, self.input_hw,
+                                      self._threshold[1], None, multi_label, iou_thr, max_det, to_original)
             except ValueError:  # not C-contiguous (e.g. a channels-first output's transposed view): below
                 pass
-            else:
-                return (np.frombuffer(found[0], np.float32).reshape(-1, 4), np.frombuffer(found[1], np.float32),
-                        np.frombuffer(found[2], np.int64))
         return postprocess(raw_nc, self.input_hw, self.strides, self.reg_max, score_thr, iou_thr, max_det,
                            scores_are_sigmoid, multi_label, to_original)
