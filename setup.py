@@ -1,8 +1,11 @@
-"""The one compiled piece: nanoplus.runtime._native (pre-processing, decode + NMS; see runtime/native/).
+"""The compiled pieces: nanoplus.runtime._native (pre-processing, decode + NMS; see runtime/native/)
+and nanoplus.train._winograd (the tile transforms of the aux head's training convolutions; see
+train/native/ and train/winograd.py).
 
-Everything else is in pyproject.toml. The extension is optional: where no C++ compiler is found the
-install goes on without it and the runtime uses OpenCV + numpy (within a grey level, slower);
-``python -m nanoplus.runtime.preprocess`` prints which one is in use.
+Everything else is in pyproject.toml. Both extensions are optional: where no C++ compiler is found the
+install goes on without them; the runtime then uses OpenCV + numpy (within a grey level, slower;
+``python -m nanoplus.runtime.preprocess`` prints which one is in use) and training PyTorch's direct
+convolutions (slower).
 """
 from setuptools import Extension, setup
 
@@ -18,6 +21,13 @@ setup(
             # -ffp-contract=off: the normalisation must round twice, as numpy does
             extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=off"],
             optional=True,
-        )
+        ),
+        Extension(
+            "nanoplus.train._winograd",
+            sources=["train/native/winograd.cpp"],
+            language="c++",
+            extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=off", "-Wno-psabi"],
+            optional=True,
+        ),
     ],
 )

@@ -6,6 +6,8 @@
 #   bench/run_report.sh [WORK_DIR]         # default WORK_DIR: runs/bench-models (git-ignored)
 #   RUNS=300 WARMUP=20 THREADS=1,2 SETTLE=0 bench/run_report.sh
 #   OUT=/tmp/trial RUNS=5 bench/run_report.sh     # a quick trial that leaves bench/ alone
+#   UPSTREAM=/tmp/nanodet-upstream bench/run_report.sh   # also the training step against upstream's
+#                                                         # (a checkout of github.com/RangiLyu/nanodet)
 #
 # Models: the published NanoDet-Plus-m-416 COCO weights (../shared/assets, ncnn fp16) imported
 # into a checkpoint per input size (the 320 and 416 variants have the same architecture; only the
@@ -59,7 +61,17 @@ if grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then
     fi
 fi
 
-python3 bench/targets.py "$OUT/results/report.json" $( [ -f "$OUT/results/report_bf16.json" ] && echo "$OUT/results/report_bf16.json") >> "$OUT/REPORT.md"
+# the training step against upstream NanoDet's own, interleaved in one process (bench/train_throughput.py)
+TRAIN_NOTE="not run (set UPSTREAM to a checkout of github.com/RangiLyu/nanodet)"
+TRAIN_JSON=
+if [ -n "${UPSTREAM:-}" ]; then
+    TRAIN_JSON="$OUT/results/train_step.json"
+    TRAIN_CMD="python3 bench/train_throughput.py --upstream $UPSTREAM --threads $THREADS --steps ${TRAIN_STEPS:-6} --warmup 1 --data $SHARED/assets/datasets/coco128 --json $TRAIN_JSON"
+    $TRAIN_CMD >&2
+    TRAIN_NOTE="\`$TRAIN_CMD\`"
+fi
+
+python3 bench/targets.py "$OUT/results/report.json" $( [ -f "$OUT/results/report_bf16.json" ] && echo "$OUT/results/report_bf16.json") $TRAIN_JSON >> "$OUT/REPORT.md"
 python3 bench/profile_openvino.py "$WORK/nanodet-plus-m_416_openvino.xml" --threads 1 >> "$OUT/REPORT.md"
 python3 bench/compare_published.py "$OUT/results/report.json" >> "$OUT/REPORT.md"
 cat >> "$OUT/REPORT.md" <<MD
@@ -70,7 +82,7 @@ cat >> "$OUT/REPORT.md" <<MD
 \`$(basename "$SOURCE")\` with \`nanoplus import --config nanodet-plus-m_320|416\`, export each with
 \`nanoplus export --format all\`, then the \`nanoplus bench\` command above. Raw samples:
 \`$OUT/results/report.json\` (schema: docs/bench.md); distributions: \`$OUT/results/latency.png\`.
-The bf16 run: $BF16_NOTE. The targets section: \`bench/targets.py\` on those JSON files; the
-profile: \`bench/profile_openvino.py\`.
+The bf16 run: $BF16_NOTE. The training step: $TRAIN_NOTE. The targets section:
+\`bench/targets.py\` on those JSON files; the profile: \`bench/profile_openvino.py\`.
 MD
 echo "report written to $OUT/REPORT.md" >&2

@@ -4,9 +4,11 @@ One step is what ``nanoplus train`` does per batch: ``forward_train`` (backbone,
 heads, label assignment, losses), backward, gradient clipping (norm 35), AdamW step and the EMA
 update. The data pipeline is not included (batches are made once, with random boxes).
 
-Layouts (``--layouts``): ``channels_last`` is what ``nanoplus train`` runs (train.channels_last,
-``NanoDetPlus.use_channels_last``), ``nchw`` PyTorch's default layout (the code before, and
-upstream's). Each layout gets its own model (same seed, same batch) and their steps alternate, so a
+Layouts (``--layouts``): ``winograd`` is what ``nanoplus train`` runs (channels-last maps,
+train.channels_last / ``NanoDetPlus.use_channels_last``, and the aux head's 3x3 convolutions by
+Winograd F(2x2,3x3), train.winograd / ``NanoDetPlus.use_winograd``), ``channels_last`` the same with
+PyTorch's direct convolutions (train.winograd=false), ``nchw`` PyTorch's default layout (the code
+before, and upstream's). Each layout gets its own model (same seed, same batch) and their steps alternate, so a
 busy period of a shared machine hits all alike; the median per layout and the ratio to the first
 are printed per thread count.
 
@@ -15,7 +17,7 @@ augmentation, then ``collate``) over one pass of that dataset in this one proces
 images/s is what each data-loader worker delivers, to set against the images/s of the step.
 
     python3 bench/train_throughput.py                       # batch 16, 416x416, 80 classes, 2 threads
-    python3 bench/train_throughput.py --threads 1,2 --steps 5 --batch 16 --imgsz 416 --layouts nchw,channels_last
+    python3 bench/train_throughput.py --threads 1,2 --steps 5 --batch 16 --imgsz 416 --layouts nchw,channels_last,winograd
     python3 bench/train_throughput.py --data ../shared/assets/datasets/coco128 --threads 2
     python3 bench/train_throughput.py --upstream /tmp/nanodet-upstream --threads 1,2 --steps 6 --warmup 1
 
@@ -112,7 +114,8 @@ def measure(config: str, batch: int, imgsz: int, threads: int, steps: int, warmu
         model = build_model(cfg.model).train()
         if start_state is not None:
             model.load_state_dict(start_state)  # upstream's names map 1:1 (strict)
-        model.use_channels_last(layout == "channels_last")
+        model.use_channels_last(layout in ("channels_last", "winograd"))
+        model.use_winograd(layout == "winograd")
         optimizer = build_optimizer(model, cfg.train)  # nanoplus train's AdamW (lr, weight decay, foreach)
         run = {"layout": layout, "model": model, "optimizer": optimizer, "ema": ModelEMA(model, cfg.train.ema_decay),
                "params": [p for p in model.parameters() if p.requires_grad], "times": []}
@@ -174,8 +177,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--boxes", type=int, default=7, help="ground-truth boxes per image (tiny_coco averages ~8)")
-    parser.add_argument("--layouts", default="nchw,channels_last",
-                        help="comma-separated: nchw (the default layout before), channels_last (nanoplus train's)")
+    parser.add_argument("--layouts", default="nchw,channels_last,winograd",
+                        help="comma-separated: nchw (PyTorch's default layout), channels_last (NHWC, direct convolutions), "
+                             "winograd (NHWC with the aux head's 3x3 convolutions by Winograd: nanoplus train's)")
     parser.add_argument("--data", help="also time the training data pipeline on this dataset's train split")
     parser.add_argument("--upstream", metavar="DIR",
                         help="also time upstream NanoDet's own step from this checkout of github.com/RangiLyu/nanodet")
@@ -189,9 +193,9 @@ def main() -> None:
     print(f"# {cpu_model()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, "
           f"{args.config} full model (with aux), batch {args.batch}, {args.imgsz}x{args.imgsz}")
     layouts = args.layouts.split(",")
-    unknown = sorted(set(layouts) - {"nchw", "channels_last"})
+    unknown = sorted(set(layouts) - {"nchw", "channels_last", "winograd"})
     if unknown:
-        parser.error(f"--layouts: unknown {', '.join(unknown)}; use nchw and/or channels_last")
+        parser.error(f"--layouts: unknown {', '.join(unknown)}; use nchw, channels_last and/or winograd")
     if args.upstream:
         from upstream_nanodet import check_checkout
 

@@ -648,6 +648,23 @@ def test_targets_report_computes_overhead_and_speedups(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "targets.py"), str(bad)], capture_output=True, text=True)
     assert proc.returncode == 1 and "bad.json: not a results document" in proc.stderr and "Traceback" not in proc.stderr
 
+    # the training step: the rows bench/train_throughput.py --json writes, beside the bench document
+    def step(layout, threads, median, vs=None):
+        row = {"config": "nanodet-plus-m_416", "layout": layout, "batch": 16, "imgsz": 416, "threads": threads,
+               "steps": 6, "median_step_s": median, "images_per_s": round(16 / median, 2),
+               "first_step": {"loss": 4.600683, "grad_norm": 16.43}}
+        return row if vs is None else {**row, "vs_upstream": vs}
+    train = tmp_path / "train_step.json"
+    train.write_text(json.dumps([
+        step("channels_last", 1, 7.5, 1.2), step("winograd", 1, 6.5, 1.386), step("upstream", 1, 9.0, 1.0),
+        step("channels_last", 2, 4.2, 1.19), step("winograd", 2, 4.0, 1.25), step("upstream", 2, 5.0, 1.0),
+        {"data_pipeline": {"data": "coco128", "images": 128, "seconds": 0.6, "images_per_s_per_worker": 210.0}}]))
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "targets.py"), str(path), str(train)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| 1 | 9.00 s (1.78 images/s) | 7.50 s | 6.50 s | **1.39x** | met |" in out
+    assert "| 2 | 5.00 s (3.20 images/s) | 4.20 s | 4.00 s | **1.25x** | **missed** |" in out
+    assert "winograd 4.600683" in out and "delivers 210.0 images/s on coco128" in out
+
 
 @pytest.mark.slow
 def test_every_backend_with_the_torch_baseline_and_openvino_in_f32(tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 ``NanoDetPlus.use_channels_last`` (train.channels_last, on by default) runs every convolution, the
 backbone's included, in NHWC memory: the same sums in another order, BatchNorm statistics as
-accurate as NCHW's (``modules.BatchNorm2d``). The upstream fixture's training step (outputs of both
+accurate as NCHW's (``modules.BatchNorm2d``); ``NanoDetPlus.use_winograd`` (train.winograd, on by
+default) then trains the aux head's 3x3 convolutions by Winograd F(2x2, 3x3) (tests/test_winograd.py). The upstream fixture's training step (outputs of both
 heads, label assignment, every loss and the per-part gradient norms) must still be reproduced within
 the fixture's own tolerances, the assignments exactly; and the deploy forward too. The pieces that
 make it faster are checked against the plain forms: the channels-last shuffle, the accurate NHWC
@@ -17,13 +18,29 @@ import pytest
 import torch
 
 from nanoplus.train.config import load_config
+from nanoplus.train import winograd
 from nanoplus.train.model import build_model
 from test_model_upstream import LOSSES, PARTS, _case_params, _one_thread, _tol, case_config
 
 
-@pytest.fixture(scope="module", params=_case_params())
+def _mode_params():
+    """Each upstream case, trained channels-last with PyTorch's direct convolutions and with the aux
+    head's 3x3 convolutions by Winograd (``nanoplus train``'s default; needs the compiled extension)."""
+    from nanoplus.train import winograd
+
+    params = []
+    for case in _case_params():
+        for mode in ("channels_last", "winograd"):
+            marks = list(case.marks)
+            if mode == "winograd" and not winograd.available():
+                marks.append(pytest.mark.skip(reason="nanoplus.train._winograd is not built (no C++ compiler at install)"))
+            params.append(pytest.param((case.values[0], mode), id=f"{case.id}-{mode}", marks=marks))
+    return params
+
+
+@pytest.fixture(scope="module", params=_mode_params())
 def step(request):
-    case_dir = request.param
+    case_dir, mode = request.param
     import json
 
     meta = json.loads((case_dir / "meta.json").read_text())
@@ -39,13 +56,19 @@ def step(request):
         model = build_model(cfg.model)
         model.load_state_dict(state)
         model.use_channels_last()
+        model.use_winograd(mode == "winograd")
         assert model.aux_head.gfl_cls.weight.is_contiguous(memory_format=torch.channels_last)
         assert model.backbone.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
         model.eval()
         with torch.no_grad():
             deploy_out = model(images).numpy()
         model.train()
+        ran = []
+        hook = model.aux_head.cls_convs[0].conv.register_forward_pre_hook(
+            lambda module, args: ran.append(winograd.applies(module, args[0])))
         losses = model.forward_train(images, gt_bboxes, gt_labels, meta["epoch"], return_details=True)
+        hook.remove()
+        assert any(ran) == (mode == "winograd")  # the 52 x 52 level at least, in that mode only
         losses["loss"].backward()
         gradnorm = {
             part: math.sqrt(sum(float((p.grad.double() ** 2).sum()) for n, p in model.named_parameters()
@@ -105,10 +128,10 @@ def test_train_throughput_compares_layouts_in_one_run(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text())
-    assert [r.get("layout") for r in rows[:2]] == ["nchw", "channels_last"]
-    assert all(r["threads"] == 1 and r["batch"] == 2 and r["images_per_s"] > 0 for r in rows[:2])
-    assert "channels_last" in proc.stdout and "x nchw" in proc.stdout
-    assert rows[2]["data_pipeline"]["images"] == 128 and rows[2]["data_pipeline"]["images_per_s_per_worker"] > 0
+    assert [r.get("layout") for r in rows[:3]] == ["nchw", "channels_last", "winograd"]
+    assert all(r["threads"] == 1 and r["batch"] == 2 and r["images_per_s"] > 0 for r in rows[:3])
+    assert "channels_last" in proc.stdout and "winograd" in proc.stdout and "x nchw" in proc.stdout
+    assert rows[3]["data_pipeline"]["images"] == 128 and rows[3]["data_pipeline"]["images_per_s_per_worker"] > 0
     assert "data pipeline:" in proc.stdout
 
 

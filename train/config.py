@@ -150,6 +150,7 @@ class TrainConfig:
     val_interval: int = 10  # epochs between evaluations
     amp: bool = True  # mixed precision, used on CUDA only
     channels_last: bool = True  # NHWC convolutions (backbone, FPNs, heads): faster CPU steps, same arithmetic (NanoDetPlus.use_channels_last)
+    winograd: bool = True  # aux head's 3x3 convolutions by Winograd F(2x2,3x3) on CPU, with channels_last (NanoDetPlus.use_winograd)
     seed: int = 0
     freeze: list[str] = field(default_factory=list)  # module prefixes, e.g. ["backbone"]
 

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nanoplus.train.modules import ConvModule, DepthwiseConvModule, Scale, normal_init
+from nanoplus.train.winograd import WinogradConv2d
 
 # Class bias so that the initial sigmoid score is 0.01: -log((1 - 0.01) / 0.01).
 PRIOR_BIAS = -4.595
@@ -108,8 +109,8 @@ class SimpleConvHead(nn.Module):
             for tower in (self.cls_convs, self.reg_convs):
                 tower.append(ConvModule(chn, feat_channels, 3, padding=1, norm="GN", num_groups=num_groups,
                                         activation=activation))
-        self.gfl_cls = nn.Conv2d(feat_channels, num_classes, 3, padding=1)
-        self.gfl_reg = nn.Conv2d(feat_channels, 4 * (reg_max + 1), 3, padding=1)
+        self.gfl_cls = WinogradConv2d(feat_channels, num_classes, 3, padding=1)
+        self.gfl_reg = WinogradConv2d(feat_channels, 4 * (reg_max + 1), 3, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in strides])
         self.init_weights()
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from nanoplus.errors import NanoplusError
+from nanoplus.train.winograd import WinogradConv2d
 
 
 class ModelConfigError(NanoplusError, ValueError):
@@ -224,7 +225,7 @@ class ConvModule(nn.Module):
                  num_groups: int = 32, activation: Optional[str] = "ReLU"):
         super().__init__()
         self.activation = activation
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+        self.conv = WinogradConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                               dilation=dilation, groups=groups, bias=norm is None)
         self.norm_name = None
         if norm is not None:

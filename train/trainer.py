@@ -176,6 +176,7 @@ class Trainer:
         model = build_model(cfg.model).to(self.device)
         if cfg.train.channels_last:
             model.use_channels_last()
+        model.use_winograd(cfg.train.winograd)
         self.model = model
         self.assign_from_main_until = 0  # epochs during which labels come from the main head
 
