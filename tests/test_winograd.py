@@ -139,13 +139,13 @@ def _model_conv(winograd_on: bool = True) -> winograd.WinogradConv2d:
 
 
 def test_applies_only_where_switched_on_training_channels_last_3x3():
-    assert winograd.MIN_PIXELS == 400
-    big = torch.randn(1, 16, 20, 20).contiguous(memory_format=CL)
+    assert winograd.MIN_PIXELS == 100
+    big = torch.randn(1, 16, 10, 10).contiguous(memory_format=CL)
     conv = _model_conv()
     assert winograd.applies(conv, big)
     assert not winograd.applies(_model_conv(False), big)  # the default: off
     assert not winograd.applies(conv, big.contiguous())  # NCHW
-    assert not winograd.applies(conv, big[:, :, :19].contiguous(memory_format=CL))  # < MIN_PIXELS
+    assert not winograd.applies(conv, big[:, :, :9].contiguous(memory_format=CL))  # < MIN_PIXELS
     assert not winograd.applies(conv, big.double().contiguous(memory_format=CL))
     with torch.no_grad():
         assert not winograd.applies(conv, big)

@@ -25,10 +25,10 @@ try:
 except ImportError:  # built without a C++ compiler: the direct convolution is used instead
     _winograd = None
 
-# Below this many pixels per map PyTorch's direct convolution is as fast or faster: 16 x 192 -> 192,
-# forward + backward, direct against Winograd: 13 x 13 25.7 / 21.8 ms at 1 thread but 13.0 / 15.4 at 2;
-# 26 x 26 101 / 77 and 56 / 43; 52 x 52 420 / 320 and 233 / 176.
-MIN_PIXELS = 400
+# Below this many pixels per map PyTorch's direct convolution is faster. 16 x 192 -> 192, forward +
+# backward, direct / Winograd, 1 thread and 2: 7 x 7 8.5 / 11.2 and 4.7 / 5.9 ms; 13 x 13 26.1 / 24.3
+# and 13.9 / 12.3; 26 x 26 106 / 84 and 53 / 41; 52 x 52 492 / 355 and 225 / 175.
+MIN_PIXELS = 100
 
 # G (4 x 3): the weight transform U = G w G^T.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))

@@ -211,6 +211,13 @@ void run(Op op, const Shape& s, float* map, float* tiles, const float* shift, in
     std::vector<float> zeros(s.c, 0.0f);
     const long n = s.n;
     if (threads > n) threads = static_cast<int>(n);
+#ifdef _OPENMP
+    // PyTorch's own OpenMP threads (the same libgomp.so.1 is loaded): they are spinning, ready, right
+    // after its last parallel op; a thread of our own would have to share a core with one of them.
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < threads; ++t)
+        run_images(op, s, map, tiles, zeros.data(), shift, n * t / threads, n * (t + 1) / threads);
+#else
     if (threads <= 1) {
         run_images(op, s, map, tiles, zeros.data(), shift, 0, n);
         return;
@@ -221,6 +228,7 @@ void run(Op op, const Shape& s, float* map, float* tiles, const float* shift, in
                           n * (t + 1) / threads);
     run_images(op, s, map, tiles, zeros.data(), shift, 0, n / threads);
     for (auto& th : pool) th.join();
+#endif
 }
 
 bool float_buffer(PyObject* obj, Py_buffer* view, int ndim, bool writable, const char* what) {
