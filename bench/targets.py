@@ -70,7 +70,8 @@ def train_step_lines(rows: list[dict]) -> list[str]:
         cells = " | ".join(f"{ours[layout]['median_step_s']:.2f} s" if layout in ours else "-" for layout in layouts)
         out.append(f"| {threads} | {theirs['median_step_s']:.2f} s ({theirs['images_per_s']:.2f} images/s) | {cells} | "
                    f"**{trained['vs_upstream']:.2f}x** | {verdict(trained['vs_upstream'] >= TRAIN_STEP_TARGET)} |")
-    losses = ", ".join(f"{r['layout']} {r['first_step']['loss']:.6f}" for r in steps if r["threads"] == first["threads"])
+    losses = ", ".join(f"{r['layout']} {r['first_step']['loss']:.6f}"
+                       for r in steps if r["threads"] == first["threads"])
     out += ["", f"First-step loss (the same arithmetic is timed): {losses}."]
     pipeline = [r["data_pipeline"] for r in rows if "data_pipeline" in r]
     if pipeline:

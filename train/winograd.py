@@ -7,8 +7,9 @@ input/output channel pair instead of 36: the work becomes 16 matrix products (``
 transformed tiles and transformed weights, forward and backward, 2.25x fewer multiplications.
 The tile transforms are additions only (``train/native/winograd.cpp``, the compiled extension
 ``nanoplus.train._winograd``), so the result rounds about as a direct convolution does: against a
-float64 convolution the error is ~2x the direct one's (both ~1e-7 of the output's range; tests in
-tests/test_winograd.py), far inside the upstream fixtures' tolerances.
+float64 convolution the output and both gradients are as close as PyTorch's direct float32 ones
+(1e-7 to 1e-6 of the largest value, often closer; tests/test_winograd.py), far inside the upstream
+fixtures' tolerances (tests/test_train_speed.py).
 
 Shapes: ``winograd_conv3x3(x (N, C, H, W) channels-last, weight (K, C, 3, 3), bias (K,) or None)``
 -> (N, K, H, W) channels-last. Transformed tiles are (16, N, ceil(H/2), ceil(W/2), C).
@@ -136,10 +137,11 @@ class _WinogradConv3x3(torch.autograd.Function):
             dx = dx.permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
             # The weight gradient sums x * dy over every output; before a normalisation dy sums to ~0,
-            # so a channel's mean level in x only adds terms that cancel, and their rounding. Winograd's
-            # tiles carry that level in sums of 4 pixels: summed as is, its error was 2.2x a direct
-            # convolution's on the aux head's first layer. So the tiles are of x - mean (inside the map),
-            # and the mean's exact share, mean * (sum of dy over each tap's window), is added back.
+            # so a channel's mean level in x only adds terms that cancel, and their rounding, which
+            # Winograd's tiles (sums of 4 pixels) enlarge. So the tiles are of x - mean (inside the
+            # map), and the mean's exact share, mean * (sum of dy over each tap's window), is added
+            # back: on inputs with a level (a LeakyReLU's output) the error halves, from about a direct
+            # convolution's to half of it.
             mean = x.mean((0, 2, 3))
             v = _transformed_input(x, threads, mean)
             du = torch.bmm(v.view(16, -1, c).transpose(1, 2), dm.view(16, -1, k))  # (16, C, K)
@@ -162,10 +164,11 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 
 def applies(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv(x)`` runs as ``winograd_conv3x3``: switched on (``conv.winograd``, set by
-    ``NanoDetPlus.use_winograd``), training with autograd on (not tracing or
-    exporting), the extension built, a float32 CPU map in channels-last memory of at least
+    ``NanoDetPlus.use_winograd``), training with autograd on (not tracing or exporting), the
+    extension built, a float32 CPU map in channels-last memory of at least
     ``MIN_PIXELS`` pixels, and a 3x3 / stride 1 / padding 1 / undilated / ungrouped convolution."""
-    return (_winograd is not None and getattr(conv, "winograd", False) and conv.training and torch.is_grad_enabled() and not torch.jit.is_tracing()
+    return (_winograd is not None and getattr(conv, "winograd", False) and conv.training
+            and torch.is_grad_enabled() and not torch.jit.is_tracing()
             and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
             and x.shape[2] * x.shape[3] >= MIN_PIXELS and x.is_contiguous(memory_format=torch.channels_last)
             and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
