@@ -107,6 +107,17 @@ def make_trainer(data, out, overrides=(), **kwargs):
     return Trainer(cfg, train.records, val, out, device="cpu", progress=False, log=lambda _m: None, **kwargs)
 
 
+def test_trainer_switches_winograd_as_the_config_says(tiny_data, tmp_path):
+    from nanoplus.train.winograd import WinogradConv2d
+
+    for value in (True, False):
+        trainer = make_trainer(tiny_data, tmp_path / str(value), [f"train.winograd={str(value).lower()}"])
+        trainer._setup()  # what fit() does first: builds the model
+        model = trainer.model
+        convs = [m for m in model.modules() if isinstance(m, WinogradConv2d)]
+        assert convs and all(m.winograd is value for m in convs)
+
+
 def read_steps(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

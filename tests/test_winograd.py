@@ -81,6 +81,43 @@ def test_transforms_equal_the_matrix_reference(shape, threads):
     np.testing.assert_array_equal(dx, padded[:, 1:h + 1, 1:w + 1])
 
 
+def test_build_without_openmp_gives_the_same_tiles(tmp_path):
+    """Where the compiler takes no -fopenmp (setup.py probes it), the transforms run on threads of their
+    own: that build, compiled here, must give the same tiles as the installed one at 1 and 3 threads."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sysconfig
+
+    from conftest import REPO_ROOT
+    from nanoplus.train import _winograd
+
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no g++ to build the transforms without OpenMP")
+    target = tmp_path / ("_winograd" + sysconfig.get_config_var("EXT_SUFFIX"))
+    subprocess.run([compiler, "-O2", "-std=c++17", "-ffp-contract=off", "-Wno-psabi", "-shared", "-fPIC",
+                    f"-I{sysconfig.get_paths()['include']}", str(REPO_ROOT / "train" / "native" / "winograd.cpp"),
+                    "-o", str(target)], check=True, capture_output=True, timeout=300)
+    spec = importlib.util.spec_from_file_location("_winograd", target)
+    plain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plain)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 9, 8, 24)).astype(np.float32)
+    shift = rng.standard_normal(24).astype(np.float32)
+    want = np.empty((16, 5, 5, 4, 24), np.float32)
+    _winograd.input_transform(x, want, 2, shift)
+    for threads in (1, 3):
+        got = np.empty_like(want)
+        plain.input_transform(x, got, threads, shift)
+        np.testing.assert_array_equal(got, want)
+        dx = np.empty_like(x)
+        plain.input_grad_transform(dx, want, threads)
+        ref = np.empty_like(x)
+        _winograd.input_grad_transform(ref, want, 1)
+        np.testing.assert_array_equal(dx, ref)
+
+
 def test_transforms_name_a_wrong_array():
     from nanoplus.train import _winograd
 

@@ -115,7 +115,6 @@ class _WinogradConv3x3(torch.autograd.Function):
             y.add_(bias.detach())
         # x, not its tiles: x is kept anyway (the activation before saved it), the tiles are 16/4 its size
         ctx.save_for_backward(x, weight, u)
-        ctx.has_bias = bias is not None
         return y.permute(0, 3, 1, 2)
 
     @staticmethod
@@ -152,7 +151,7 @@ class _WinogradConv3x3(torch.autograd.Function):
             if weight.is_contiguous(memory_format=torch.channels_last):
                 dw = dw.contiguous(memory_format=torch.channels_last)
         _workspace.give(dm)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False when bias is None
             db = g_nhwc.sum((0, 1, 2))
         return dx, dw, db
 
